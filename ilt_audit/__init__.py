@@ -1,0 +1,38 @@
+"""ilt-audit: find wrong labels in multi-task datasets with instance-level task parameters.
+
+The public functions are imported lazily so that ``import ilt_audit`` (and the CLI's ``--help``)
+never pays for importing torch.
+
+Example:
+    >>> from ilt_audit import train, rank
+    >>> run = train("sample_manifests/shapes/card.toml", out="runs/shapes")  # doctest: +SKIP
+    >>> rank("runs/shapes", top="10%").head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_card": "ilt_audit.card",
+    "load_dataset": "ilt_audit.card",
+    "TrainConfig": "ilt_audit.train",
+    "train": "ilt_audit.train",
+    "rank": "ilt_audit.ranking",
+    "scores": "ilt_audit.ranking",
+    "corrupt": "ilt_audit.corruption",
+    "evaluate": "ilt_audit.evaluation",
+    "read_trajectories": "ilt_audit.trajectories",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ilt_audit' has no attribute {name!r}")

@@ -1,0 +1,388 @@
+"""Dataset cards: the TOML file that names a manifest table, its input and its tasks.
+
+This module parses and validates everything that can be checked on the table itself (columns,
+ids, class labels, numeric targets, that referenced files exist). Decoding the files the table
+points at (images, masks, depth maps) happens in :mod:`ilt_audit.data`, also before training.
+It never imports torch.
+
+Example:
+    >>> card = load_card("sample_manifests/shapes/card.toml")  # doctest: +SKIP
+    >>> [t.name for t in card.tasks]  # doctest: +SKIP
+    ['shape', 'geometry', 'seg', 'depth']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ilt_audit.errors import CardError
+
+TASK_TYPES = ("classification", "regression", "segmentation", "dense-regression")
+DENSE_TYPES = ("segmentation", "dense-regression")
+INPUT_TYPES = ("image", "features")
+TABLE_READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_TASK_NAME = re.compile(r"^[a-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network sees: a column of image paths or numeric feature columns."""
+
+    type: str  # "image" | "features"
+    columns: tuple[str, ...]  # one column for images; the feature columns otherwise
+    size: tuple[int, int] | None = None  # images are resized to (H, W) when given
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the card: its name, type and the column(s) that hold its label."""
+
+    name: str
+    type: str  # one of TASK_TYPES
+    columns: tuple[str, ...]
+    classes: int | tuple[str, ...] | None = None  # declared class set, if any
+    ignore_index: int | None = None  # segmentation: pixels with this value carry no label
+    scale: float = 1.0  # dense-regression from 16-bit PNG: stored value / scale
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+    @property
+    def dense(self) -> bool:
+        return self.type in DENSE_TYPES
+
+
+@dataclass(frozen=True)
+class Card:
+    """A parsed dataset card. Paths in it are relative to ``root`` (the card's folder)."""
+
+    path: Path
+    table: str
+    id: str
+    input: InputSpec
+    tasks: tuple[TaskSpec, ...]
+    split: str | None = None  # optional column: "train" rows are trained on, "val" rows validated
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def table_path(self) -> Path:
+        return self.root / self.table
+
+    def task(self, name: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        names = ", ".join(t.name for t in self.tasks)
+        raise CardError(f"{self.path}: no task named {name!r}; the card's tasks are: {names}")
+
+    def sha256(self) -> str:
+        """Hash of the card and its manifest table, recorded in a run's config."""
+        digest = hashlib.sha256(self.path.read_bytes())
+        digest.update(self.table_path.read_bytes())
+        return digest.hexdigest()
+
+
+def load_card(path: str | Path) -> Card:
+    """Parse and check a dataset card (not its manifest).
+
+    Example:
+        >>> load_card("sample_manifests/penguins/card.toml").input.type  # doctest: +SKIP
+        'features'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"{path}: dataset card not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CardError(f"{path}: not a valid TOML file: {exc}") from None
+    return _parse_card(path.resolve(), raw)
+
+
+def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
+    table = raw.get("table")
+    if not isinstance(table, str) or not table:
+        raise CardError(f"{path}: 'table' must name the manifest file, e.g. table = \"manifest.csv\"")
+    suffix = Path(table).suffix.lower()
+    if suffix not in TABLE_READERS:
+        raise CardError(
+            f"{path}: table {table!r} has an unknown extension {suffix!r}; "
+            f"expected one of {', '.join(TABLE_READERS)}"
+        )
+    id_column = raw.get("id", "id")
+    if not isinstance(id_column, str):
+        raise CardError(f"{path}: 'id' must be a column name, got {id_column!r}")
+    split = raw.get("split")
+    if split is not None and not isinstance(split, str):
+        raise CardError(f"{path}: 'split' must be a column name, got {split!r}")
+
+    input_raw = raw.get("input")
+    if not isinstance(input_raw, dict):
+        raise CardError(f"{path}: missing [input] section")
+    input_spec = _parse_input(path, input_raw)
+
+    tasks_raw = raw.get("tasks")
+    if not isinstance(tasks_raw, dict) or not tasks_raw:
+        raise CardError(f"{path}: the card defines no task; add at least one [tasks.NAME] section")
+    tasks = tuple(_parse_task(path, name, spec) for name, spec in tasks_raw.items())
+    if input_spec.type == "features":
+        dense = [t.name for t in tasks if t.dense]
+        if dense:
+            raise CardError(
+                f"{path}: task {dense[0]!r} is a dense task, which needs an image input, "
+                "but [input] type is \"features\""
+            )
+    return Card(path, table, id_column, input_spec, tasks, split, raw)
+
+
+def _parse_input(path: Path, spec: dict[str, Any]) -> InputSpec:
+    kind = spec.get("type")
+    if kind not in INPUT_TYPES:
+        raise CardError(f"{path}: [input] type must be one of {', '.join(INPUT_TYPES)}, got {kind!r}")
+    if kind == "image":
+        column = spec.get("column")
+        if not isinstance(column, str):
+            raise CardError(f"{path}: [input] type \"image\" needs column = \"<image path column>\"")
+        size = spec.get("size")
+        if size is not None and not (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+        ):
+            raise CardError(f"{path}: [input] size must be [height, width], got {size!r}")
+        return InputSpec("image", (column,), tuple(size) if size else None)
+    columns = spec.get("columns")
+    prefix = spec.get("prefix")
+    if (columns is None) == (prefix is None):
+        raise CardError(f"{path}: [input] type \"features\" needs either columns = [...] or prefix = \"...\"")
+    if columns is not None:
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+            raise CardError(f"{path}: [input] columns must be a non-empty list of column names")
+        return InputSpec("features", tuple(columns))
+    if not isinstance(prefix, str) or not prefix:
+        raise CardError(f"{path}: [input] prefix must be a non-empty string")
+    return InputSpec("features", (f"{prefix}*",))
+
+
+def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
+    where = f"{path}: [tasks.{name}]"
+    if not _TASK_NAME.match(name):
+        raise CardError(f"{where}: task names may use only a-z, 0-9, '_' and '-'")
+    if not isinstance(spec, dict):
+        raise CardError(f"{where}: must be a table with type and column(s)")
+    kind = spec.get("type")
+    if kind not in TASK_TYPES:
+        raise CardError(f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {kind!r}")
+    if "columns" in spec and kind == "regression":
+        columns = spec["columns"]
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+            raise CardError(f"{where}: columns must be a non-empty list of column names")
+    elif isinstance(spec.get("column"), str):
+        columns = [spec["column"]]
+    else:
+        key = "columns = [...] or column" if kind == "regression" else "column"
+        raise CardError(f"{where}: missing {key} = \"<column name>\"")
+
+    classes = spec.get("classes")
+    if kind == "segmentation":
+        if not isinstance(classes, int) or classes < 2:
+            raise CardError(f"{where}: segmentation needs classes = <number of classes, at least 2>")
+    elif kind == "classification" and classes is not None:
+        if isinstance(classes, list) and len(classes) >= 2:
+            classes = tuple(str(c) for c in classes)
+        elif not (isinstance(classes, int) and classes >= 2):
+            raise CardError(f"{where}: classes must be a count (>= 2) or a list of labels, got {classes!r}")
+    elif classes is not None:
+        raise CardError(f"{where}: 'classes' applies only to classification and segmentation tasks")
+
+    ignore_index = spec.get("ignore_index")
+    if ignore_index is not None and (kind != "segmentation" or not isinstance(ignore_index, int)):
+        raise CardError(f"{where}: ignore_index must be an integer, and only for segmentation")
+    scale = spec.get("scale", 1.0)
+    if not isinstance(scale, int | float) or scale <= 0:
+        raise CardError(f"{where}: scale must be a positive number, got {scale!r}")
+    return TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale))
+
+
+def read_table(path: Path, id_column: str) -> pd.DataFrame:
+    """Read a manifest table (CSV, Parquet or JSON Lines) with the id column as strings."""
+    if not path.is_file():
+        raise CardError(f"{path}: manifest table not found")
+    kind = TABLE_READERS[path.suffix.lower()]
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path, dtype={id_column: str}, keep_default_na=True)
+        elif kind == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=True, dtype={id_column: str})
+    except Exception as exc:  # pandas raises many parser types; all mean "cannot read"
+        raise CardError(f"{path}: cannot read the manifest table: {exc}") from None
+    return frame
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A card with its validated table: string ids, and per classification task its classes."""
+
+    card: Card
+    frame: pd.DataFrame  # the table as read, index reset, id column as str
+    input_columns: tuple[str, ...]
+    class_names: dict[str, tuple[str, ...]]  # classification task -> class names (index order)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.frame[self.card.id].tolist()
+
+    def labels(self, task: TaskSpec) -> pd.Series | pd.DataFrame:
+        """The label of each instance for a task, as found in the table."""
+        if task.type == "regression":
+            return self.frame[list(task.columns)]
+        return self.frame[task.column]
+
+    def class_index(self, task: TaskSpec) -> np.ndarray:
+        """Classification labels as indices into ``class_names[task.name]``: (N,) int64."""
+        lookup = {name: i for i, name in enumerate(self.class_names[task.name])}
+        return np.array([lookup[_label_text(v)] for v in self.frame[task.column]], dtype=np.int64)
+
+    def file_path(self, value: str) -> Path:
+        return self.card.root / value
+
+
+def load_manifest(card: Card | str | Path) -> Manifest:
+    """Read a card's manifest and check every row: ids, columns, labels, targets, file paths.
+
+    Errors name the table, the row id and the column, and quote the offending value.
+    """
+    if not isinstance(card, Card):
+        card = load_card(card)
+    table = card.table_path
+    frame = read_table(table, card.id).reset_index(drop=True)
+    if frame.empty:
+        raise CardError(f"{table}: the manifest table has no rows")
+    _require_columns(card, frame, [card.id])
+    ids = frame[card.id]
+    if ids.isna().any():
+        row = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise CardError(f"{table}: row {row + 1}: column {card.id!r}: the instance id is empty")
+    ids = ids.astype(str)
+    duplicated = ids[ids.duplicated()]
+    if not duplicated.empty:
+        raise CardError(
+            f"{table}: row id {duplicated.iloc[0]!r}: column {card.id!r}: the id appears more than once"
+        )
+    frame[card.id] = ids
+
+    input_columns = _input_columns(card, frame)
+    if card.split is not None:
+        _require_columns(card, frame, [card.split])
+        bad = frame[~frame[card.split].isin(["train", "val"])]
+        if not bad.empty:
+            _fail(card, bad.index[0], frame, card.split, bad[card.split].iloc[0], "split must be 'train' or 'val'")
+
+    if card.input.type == "features":
+        _check_numeric(card, frame, list(input_columns), "feature")
+    else:
+        _check_files(card, frame, input_columns[0])
+
+    class_names: dict[str, tuple[str, ...]] = {}
+    for task in card.tasks:
+        _require_columns(card, frame, list(task.columns), task)
+        if task.type == "classification":
+            class_names[task.name] = _check_classes(card, frame, task)
+        elif task.type == "regression":
+            _check_numeric(card, frame, list(task.columns), "target")
+        else:
+            _check_files(card, frame, task.column)
+    return Manifest(card, frame, input_columns, class_names)
+
+
+def _input_columns(card: Card, frame: pd.DataFrame) -> tuple[str, ...]:
+    columns = card.input.columns
+    if len(columns) == 1 and columns[0].endswith("*") and card.input.type == "features":
+        prefix = columns[0][:-1]
+        found = tuple(c for c in frame.columns if str(c).startswith(prefix))
+        if not found:
+            raise CardError(f"{card.table_path}: no column starts with the feature prefix {prefix!r}")
+        return found
+    _require_columns(card, frame, list(columns))
+    return columns
+
+
+def _require_columns(card: Card, frame: pd.DataFrame, columns: list[str], task: TaskSpec | None = None) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        owner = f" (task {task.name!r})" if task else ""
+        raise CardError(
+            f"{card.table_path}: column {missing[0]!r}{owner} not found; "
+            f"the table's columns are: {', '.join(map(str, frame.columns))}"
+        )
+
+
+def _fail(card: Card, row: Any, frame: pd.DataFrame, column: str, value: Any, why: str) -> None:
+    row_id = frame.at[row, card.id]
+    raise CardError(f"{card.table_path}: row id {row_id!r}: column {column!r}: {why} (value: {value!r})")
+
+
+def _check_numeric(card: Card, frame: pd.DataFrame, columns: list[str], what: str) -> None:
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.fillna(0).to_numpy(dtype=float))
+        if bad.any():
+            row = bad.to_numpy().nonzero()[0][0]
+            value = frame[column].iloc[row]
+            why = f"the {what} is missing or NaN" if pd.isna(value) else f"the {what} is not a finite number"
+            _fail(card, frame.index[row], frame, column, value, why)
+
+
+def _check_files(card: Card, frame: pd.DataFrame, column: str) -> None:
+    for row, value in frame[column].items():
+        if not isinstance(value, str) or not value:
+            _fail(card, row, frame, column, value, "expected a file path")
+        if not (card.root / value).is_file():
+            _fail(card, row, frame, column, value, "file not found")
+
+
+def _label_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_classes(card: Card, frame: pd.DataFrame, task: TaskSpec) -> tuple[str, ...]:
+    column = frame[task.column]
+    if column.isna().any():
+        row = column.index[column.isna()][0]
+        _fail(card, row, frame, task.column, None, "the class label is missing")
+    texts = column.map(_label_text)
+    if isinstance(task.classes, tuple):
+        allowed = task.classes
+    elif isinstance(task.classes, int):
+        allowed = tuple(str(i) for i in range(task.classes))
+    else:
+        found = sorted(set(texts))
+        numeric = all(re.fullmatch(r"-?\d+", t) for t in found)
+        allowed = tuple(sorted(found, key=int) if numeric else found)
+        if len(allowed) < 2:
+            raise CardError(
+                f"{card.table_path}: column {task.column!r} (task {task.name!r}) has a single class "
+                f"{allowed[0]!r}; a classification task needs at least two"
+            )
+        return allowed
+    outside = ~texts.isin(allowed)
+    if outside.any():
+        row = texts.index[outside][0]
+        _fail(card, row, frame, task.column, column[row], f"label outside the class set {list(allowed)}")
+    return allowed
+

@@ -1,0 +1,27 @@
+"""The named exceptions of ilt-audit; the CLI turns each into ``Error: …`` and exit code 2."""
+
+from __future__ import annotations
+
+
+class IltAuditError(Exception):
+    """Base class of the errors that are the user's input, not a bug."""
+
+
+class CardError(IltAuditError):
+    """The dataset card, its manifest or a file it points at is invalid."""
+
+
+class RunDirError(IltAuditError):
+    """A run directory is missing, incomplete or does not match the request."""
+
+
+class TruthError(IltAuditError):
+    """A corruption (ground-truth) file is missing or does not match the run."""
+
+
+class OptionError(IltAuditError):
+    """An option has a value outside what it accepts."""
+
+
+class TrainingDiverged(IltAuditError):
+    """Training produced a non-finite loss; the epochs finished before it are kept."""

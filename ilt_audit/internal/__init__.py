@@ -1,0 +1,1 @@
+"""Private helpers of ilt-audit: not part of the public API."""

@@ -1,0 +1,36 @@
+"""Where human output goes: Rich on stderr, so stdout stays clean for machine formats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+err_console = Console(stderr=True)
+
+
+def progress(transient: bool = True) -> Progress:
+    """A progress display on stderr; it shows nothing when stderr is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=transient,
+        disable=not err_console.is_terminal,
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (on a terminal only)."""
+    with progress() as bar:
+        job = bar.add_task(description, total=total, info="")
+        for item in items:
+            yield item
+            bar.advance(job)

@@ -1,0 +1,132 @@
+"""How per-instance task losses ``l`` (B, K) become one training loss: ILT and the baselines.
+
+A weighting is looked up by name in :data:`WEIGHTINGS`. ``ilt`` (the default) is the paper's
+method; ``equal``, ``uncertainty`` (Kendall et al.), ``dwa`` (Liu et al.) and ``gls`` (geometric
+loss strategy) are the baselines it is compared with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ilt_audit.errors import OptionError
+from ilt_audit.ilt_params import InstanceParams
+
+
+def nll(l: torch.Tensor, log_sigma2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The paper's per-instance loss: eq. (2) for scale 1/2, eq. (4) for scale 1.
+
+    L = scale · l · exp(−log σ²) + log σ². Shapes broadcast: l (B, K), log σ² (B, K) or (K,).
+    """
+    return scale * l * torch.exp(-log_sigma2) + log_sigma2
+
+
+class Weighting(nn.Module):
+    """Base class. ``forward`` turns (B, K) per-instance losses into the scalar to minimise."""
+
+    name = "base"
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)  # (K,) 1 for classification-like, 1/2 for regression
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
+        raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Called after ``backward()`` of each batch (ILT updates its parameters here)."""
+
+    def end_epoch(self, mean_losses: torch.Tensor) -> None:
+        """Called with the epoch's mean unweighted loss per task, shape (K,)."""
+
+
+class EqualWeighting(Weighting):
+    """Every task weighs 1: the mean over the batch of the sum over tasks."""
+
+    name = "equal"
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return l.sum(dim=1).mean()
+
+
+class ILTWeighting(Weighting):
+    """Instance-level task parameters: one ``log σ²`` per instance per task (paper eq. 1, 6)."""
+
+    name = "ilt"
+
+    def __init__(self, scale: torch.Tensor, params: InstanceParams) -> None:
+        super().__init__(scale)
+        self.params = params
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        log_sigma2 = self.params.gather(index, l.device)  # (B, K) leaf
+        self._batch = (index, log_sigma2)
+        return nll(l, log_sigma2, self.scale).sum(dim=1).mean()  # eq. (1)
+
+    def after_backward(self) -> None:
+        assert self._batch is not None
+        index, log_sigma2 = self._batch
+        assert log_sigma2.grad is not None
+        # The batch mean divides each row's gradient by B; the update uses the instance's own
+        # gradient ∂L_i/∂s_i = 1 − scale·l·e^(−s) so that the learning rate does not depend on the
+        # batch size.
+        self.params.step(index, log_sigma2.grad * len(index))
+        self._batch = None
+
+
+class UncertaintyWeighting(Weighting):
+    """Kendall et al.: one learnable ``log σ²`` per task, shared by all instances."""
+
+    name = "uncertainty"
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__(scale)
+        self.log_sigma2 = nn.Parameter(torch.zeros(len(scale)))  # (K,)
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return nll(l, self.log_sigma2, self.scale).sum(dim=1).mean()
+
+
+class DWAWeighting(Weighting):
+    """Dynamic weight averaging (Liu et al.): w_k = K·softmax(r_k / T), r_k = L_k(t−1) / L_k(t−2)."""
+
+    name = "dwa"
+
+    def __init__(self, scale: torch.Tensor, temperature: float = 2.0) -> None:
+        super().__init__(scale)
+        self.temperature = temperature
+        self.register_buffer("history", torch.zeros(0, len(scale)))  # (epochs so far, K)
+        self.register_buffer("weights", torch.ones(len(scale)))  # (K,)
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return (l * self.weights).sum(dim=1).mean()
+
+    def end_epoch(self, mean_losses: torch.Tensor) -> None:
+        self.history = torch.cat([self.history, mean_losses.to(self.history)[None]])[-2:]
+        if len(self.history) == 2:
+            ratio = self.history[1] / self.history[0].clamp(min=1e-12)  # (K,)
+            k = len(ratio)
+            self.weights = k * torch.softmax(ratio / self.temperature, dim=0)
+
+
+class GLSWeighting(Weighting):
+    """Geometric loss strategy: the geometric mean of the batch's mean task losses."""
+
+    name = "gls"
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        task_means = l.mean(dim=0).clamp(min=1e-12)  # (K,)
+        return torch.exp(torch.log(task_means).mean())
+
+
+WEIGHTINGS = {
+    w.name: w for w in (ILTWeighting, EqualWeighting, UncertaintyWeighting, DWAWeighting, GLSWeighting)
+}
+
+
+def check_weighting(name: str) -> str:
+    if name not in WEIGHTINGS:
+        raise OptionError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)}")
+    return name
