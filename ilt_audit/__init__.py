@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_card": "ilt_audit.card",
     "load_dataset": "ilt_audit.card",
-    "TrainConfig": "ilt_audit.train",
-    "train": "ilt_audit.train",
+    "TrainConfig": "ilt_audit.training",
+    "train": "ilt_audit.training",
     "rank": "ilt_audit.ranking",
     "scores": "ilt_audit.ranking",
     "corrupt": "ilt_audit.corruption",

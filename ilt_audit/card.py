@@ -115,7 +115,9 @@ def load_card(path: str | Path) -> Card:
 def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
     table = raw.get("table")
     if not isinstance(table, str) or not table:
-        raise CardError(f"{path}: 'table' must name the manifest file, e.g. table = \"manifest.csv\"")
+        raise CardError(
+            f"{path}: 'table' must name the manifest file, e.g. table = \"manifest.csv\""
+        )
     suffix = Path(table).suffix.lower()
     if suffix not in TABLE_READERS:
         raise CardError(
@@ -143,7 +145,7 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
         if dense:
             raise CardError(
                 f"{path}: task {dense[0]!r} is a dense task, which needs an image input, "
-                "but [input] type is \"features\""
+                'but [input] type is "features"'
             )
     return Card(path, table, id_column, input_spec, tasks, split, raw)
 
@@ -151,23 +153,33 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
 def _parse_input(path: Path, spec: dict[str, Any]) -> InputSpec:
     kind = spec.get("type")
     if kind not in INPUT_TYPES:
-        raise CardError(f"{path}: [input] type must be one of {', '.join(INPUT_TYPES)}, got {kind!r}")
+        raise CardError(
+            f"{path}: [input] type must be one of {', '.join(INPUT_TYPES)}, got {kind!r}"
+        )
     if kind == "image":
         column = spec.get("column")
         if not isinstance(column, str):
-            raise CardError(f"{path}: [input] type \"image\" needs column = \"<image path column>\"")
+            raise CardError(f'{path}: [input] type "image" needs column = "<image path column>"')
         size = spec.get("size")
         if size is not None and not (
-            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and v > 0 for v in size)
         ):
             raise CardError(f"{path}: [input] size must be [height, width], got {size!r}")
         return InputSpec("image", (column,), tuple(size) if size else None)
     columns = spec.get("columns")
     prefix = spec.get("prefix")
     if (columns is None) == (prefix is None):
-        raise CardError(f"{path}: [input] type \"features\" needs either columns = [...] or prefix = \"...\"")
+        raise CardError(
+            f'{path}: [input] type "features" needs either columns = [...] or prefix = "..."'
+        )
     if columns is not None:
-        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        if (
+            not isinstance(columns, list)
+            or not columns
+            or not all(isinstance(c, str) for c in columns)
+        ):
             raise CardError(f"{path}: [input] columns must be a non-empty list of column names")
         return InputSpec("features", tuple(columns))
     if not isinstance(prefix, str) or not prefix:
@@ -186,23 +198,31 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
         raise CardError(f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {kind!r}")
     if "columns" in spec and kind == "regression":
         columns = spec["columns"]
-        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        if (
+            not isinstance(columns, list)
+            or not columns
+            or not all(isinstance(c, str) for c in columns)
+        ):
             raise CardError(f"{where}: columns must be a non-empty list of column names")
     elif isinstance(spec.get("column"), str):
         columns = [spec["column"]]
     else:
         key = "columns = [...] or column" if kind == "regression" else "column"
-        raise CardError(f"{where}: missing {key} = \"<column name>\"")
+        raise CardError(f'{where}: missing {key} = "<column name>"')
 
     classes = spec.get("classes")
     if kind == "segmentation":
         if not isinstance(classes, int) or classes < 2:
-            raise CardError(f"{where}: segmentation needs classes = <number of classes, at least 2>")
+            raise CardError(
+                f"{where}: segmentation needs classes = <number of classes, at least 2>"
+            )
     elif kind == "classification" and classes is not None:
         if isinstance(classes, list) and len(classes) >= 2:
             classes = tuple(str(c) for c in classes)
         elif not (isinstance(classes, int) and classes >= 2):
-            raise CardError(f"{where}: classes must be a count (>= 2) or a list of labels, got {classes!r}")
+            raise CardError(
+                f"{where}: classes must be a count (>= 2) or a list of labels, got {classes!r}"
+            )
     elif classes is not None:
         raise CardError(f"{where}: 'classes' applies only to classification and segmentation tasks")
 
@@ -226,7 +246,7 @@ def read_table(path: Path, id_column: str) -> pd.DataFrame:
         elif kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_json(path, lines=True, dtype={id_column: str})
+            frame = pd.read_json(path, lines=True, dtype={id_column: str}, precise_float=True)
     except Exception as exc:  # pandas raises many parser types; all mean "cannot read"
         raise CardError(f"{path}: cannot read the manifest table: {exc}") from None
     return frame
@@ -289,7 +309,14 @@ def load_manifest(card: Card | str | Path) -> Manifest:
         _require_columns(card, frame, [card.split])
         bad = frame[~frame[card.split].isin(["train", "val"])]
         if not bad.empty:
-            _fail(card, bad.index[0], frame, card.split, bad[card.split].iloc[0], "split must be 'train' or 'val'")
+            _fail(
+                card,
+                bad.index[0],
+                frame,
+                card.split,
+                bad[card.split].iloc[0],
+                "split must be 'train' or 'val'",
+            )
 
     if card.input.type == "features":
         _check_numeric(card, frame, list(input_columns), "feature")
@@ -314,13 +341,17 @@ def _input_columns(card: Card, frame: pd.DataFrame) -> tuple[str, ...]:
         prefix = columns[0][:-1]
         found = tuple(c for c in frame.columns if str(c).startswith(prefix))
         if not found:
-            raise CardError(f"{card.table_path}: no column starts with the feature prefix {prefix!r}")
+            raise CardError(
+                f"{card.table_path}: no column starts with the feature prefix {prefix!r}"
+            )
         return found
     _require_columns(card, frame, list(columns))
     return columns
 
 
-def _require_columns(card: Card, frame: pd.DataFrame, columns: list[str], task: TaskSpec | None = None) -> None:
+def _require_columns(
+    card: Card, frame: pd.DataFrame, columns: list[str], task: TaskSpec | None = None
+) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         owner = f" (task {task.name!r})" if task else ""
@@ -332,7 +363,11 @@ def _require_columns(card: Card, frame: pd.DataFrame, columns: list[str], task: 
 
 def _fail(card: Card, row: Any, frame: pd.DataFrame, column: str, value: Any, why: str) -> None:
     row_id = frame.at[row, card.id]
-    raise CardError(f"{card.table_path}: row id {row_id!r}: column {column!r}: {why} (value: {value!r})")
+    if isinstance(value, np.generic):
+        value = value.item()
+    raise CardError(
+        f"{card.table_path}: row id {row_id!r}: column {column!r}: {why} (value: {value!r})"
+    )
 
 
 def _check_numeric(card: Card, frame: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -342,7 +377,11 @@ def _check_numeric(card: Card, frame: pd.DataFrame, columns: list[str], what: st
         if bad.any():
             row = bad.to_numpy().nonzero()[0][0]
             value = frame[column].iloc[row]
-            why = f"the {what} is missing or NaN" if pd.isna(value) else f"the {what} is not a finite number"
+            why = (
+                f"the {what} is missing or NaN"
+                if pd.isna(value)
+                else f"the {what} is not a finite number"
+            )
             _fail(card, frame.index[row], frame, column, value, why)
 
 
@@ -383,6 +422,12 @@ def _check_classes(card: Card, frame: pd.DataFrame, task: TaskSpec) -> tuple[str
     outside = ~texts.isin(allowed)
     if outside.any():
         row = texts.index[outside][0]
-        _fail(card, row, frame, task.column, column[row], f"label outside the class set {list(allowed)}")
+        _fail(
+            card,
+            row,
+            frame,
+            task.column,
+            column[row],
+            f"label outside the class set {list(allowed)}",
+        )
     return allowed
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -30,14 +30,19 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
     parquet = "parquet"
 
 
-class Weighting(str, Enum):
+class Noise(StrEnum):
+    add = "add"
+    replace = "replace"
+
+
+class Weighting(StrEnum):
     ilt = "ilt"
     equal = "equal"
     uncertainty = "uncertainty"
@@ -54,16 +59,21 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Find wrong labels in multi-task datasets with instance-level task parameters."""
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
+    from rich.markup import escape
+
     from ilt_audit.internal.console import err_console
 
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -84,7 +94,9 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
 
         table = Table(title=title)
         for column in frame.columns:
-            table.add_column(str(column), justify="right" if frame[column].dtype.kind in "if" else "left")
+            table.add_column(
+                str(column), justify="right" if frame[column].dtype.kind in "if" else "left"
+            )
         for row in frame.itertuples(index=False):
             table.add_row(*(_cell(v) for v in row))
         Console().print(table)
@@ -100,7 +112,9 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
             frame.to_csv(target, index=False)
         elif fmt is Format.json:
             text = frame.to_json(orient="records", indent=2, force_ascii=False)
-            target.write_text(text + "\n") if isinstance(target, Path) else target.write(text + "\n")
+            target.write_text(text + "\n") if isinstance(target, Path) else target.write(
+                text + "\n"
+            )
         else:
             frame.to_parquet(target, index=False)
 
@@ -116,7 +130,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-FormatOption = Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, json or parquet.")]
+FormatOption = Annotated[
+    Format, typer.Option("--format", "-f", help="table (terminal), csv, json or parquet.")
+]
 OutputOption = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write to this file instead of the terminal.")
 ]
@@ -130,17 +146,21 @@ ByOption = Annotated[
 def train(
     card: Annotated[Path, typer.Argument(help="The dataset card (TOML).")],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write.")],
-    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 30].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [default: 0].")] = None,
-    weighting: Annotated[Weighting, typer.Option(help="How task losses are weighted.")] = Weighting.ilt,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs \\[default: 30].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed \\[default: 0].")] = None,
+    weighting: Annotated[
+        Weighting, typer.Option(help="How task losses are weighted.")
+    ] = Weighting.ilt,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 32].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate of the network [default: 1e-3].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size \\[default: 32].")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the network \\[default: 1e-3].")
+    ] = None,
     ilt_lr: Annotated[
-        float | None, typer.Option(help="Learning rate of the ILT parameters [default: 0.1].")
+        float | None, typer.Option(help="Learning rate of the ILT parameters \\[default: 0.1].")
     ] = None,
     dwa_temperature: Annotated[
-        float | None, typer.Option(help="Softmax temperature of --weighting dwa [default: 2.0].")
+        float | None, typer.Option(help="Softmax temperature of --weighting dwa \\[default: 2.0].")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
 ) -> None:
@@ -151,9 +171,16 @@ def train(
     import dataclasses
 
     from ilt_audit.internal.console import err_console
-    from ilt_audit.train import TrainConfig
-    from ilt_audit.train import train as run_training
+    from ilt_audit.training import TrainConfig
+    from ilt_audit.training import train as run_training
 
+    if resume and epochs is None:  # resume to the run's own planned length
+        from ilt_audit.rundir import read_config
+
+        try:
+            epochs = read_config(out)["options"]["epochs"]
+        except IltAuditError:
+            pass  # train() reports the missing run
     given = {
         "epochs": epochs,
         "seed": seed,
@@ -180,15 +207,19 @@ def train(
             raise _fail(
                 f"interrupted; every finished epoch is kept in {out}. Continue with --resume.", 130
             ) from None
-    err_console.print(f"[green]Done:[/] {result.epochs} epochs in {result.run_dir}. "
-                      f"Next: ilt-audit rank {result.run_dir}")
+    err_console.print(
+        f"[green]Done:[/] {result.epochs} epochs in {result.run_dir}. "
+        f"Next: ilt-audit rank {result.run_dir}"
+    )
 
 
 @app.command()
 def rank(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `train`.")],
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
-    top: Annotated[str | None, typer.Option(help="Keep the top N (500) or a share (40%) per task.")] = None,
+    top: Annotated[
+        str | None, typer.Option(help="Keep the top N (500) or a share (40%) per task.")
+    ] = None,
     by: ByOption = None,
     fmt: FormatOption = Format.table,
     output: OutputOption = None,
@@ -212,6 +243,10 @@ def corrupt(
     fraction: Annotated[float, typer.Option(help="Share of the instances to corrupt per task.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the corrupted card and manifest.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    noise: Annotated[
+        Noise,
+        typer.Option(help="Regression noise: add U(min, max) to the label (paper), or replace it."),
+    ] = Noise.add,
 ) -> None:
     """Corrupt a share of a clean dataset's labels, as in the paper, to measure detection.
 
@@ -221,9 +256,13 @@ def corrupt(
     from ilt_audit.internal.console import err_console
 
     with _errors():
-        result = corrupt_dataset(card, tasks=task, fraction=fraction, seed=seed, out=out)
+        result = corrupt_dataset(
+            card, tasks=task, fraction=fraction, seed=seed, out=out, noise=noise.value
+        )
     counts = ", ".join(f"{name}: {n}" for name, n in result.counts.items())
-    err_console.print(f"[green]Corrupted[/] {counts} labels. Card: {result.card_path}; truth: {result.truth_path}")
+    err_console.print(
+        f"[green]Corrupted[/] {counts} labels. Card: {result.card_path}; truth: {result.truth_path}"
+    )
 
 
 @app.command()
@@ -246,6 +285,133 @@ def evaluate(
         _emit(frame, fmt, output, f"Detection of corrupted labels in {run_dir}")
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `train`.")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")],
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="A corruption.parquet from `corrupt`: split clean/corrupted, add detection figures."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Highest-scoring instances shown per task.")] = 20,
+    by: ByOption = None,
+) -> None:
+    """Write a self-contained HTML report: plots per task and the flagged instances with thumbnails.
+
+    Example: ilt-audit report runs/noisy --truth noisy/corruption.parquet --out report.html
+    """
+    from ilt_audit.internal.console import err_console
+    from ilt_audit.report import render_report
+
+    with _errors():
+        path = render_report(run_dir, out, truth=truth, top=top, by=by)
+    err_console.print(f"[green]Report:[/] {path}", highlight=False)
+
+
+@app.command()
+def gate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `train`.")],
+    max_suspect: Annotated[
+        str,
+        typer.Option(
+            "--max-suspect", help="Largest share of suspect instances per task: 2% or 0.02."
+        ),
+    ] = "2%",
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    by: ByOption = None,
+    junit: Annotated[
+        Path | None, typer.Option(help="Also write JUnit XML here (one test case per task).")
+    ] = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option(help="Also write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+    ] = None,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table (terminal), json (the full result), csv or parquet (the suspects).",
+        ),
+    ] = Format.table,
+    output: OutputOption = None,
+) -> None:
+    """Fail (exit 1) when a task has more suspect labels than allowed; for CI.
+
+    Example: ilt-audit gate runs/shapes --max-suspect 2% --junit gate.xml --summary gate.md
+    """
+    import json
+
+    import pandas as pd
+
+    from ilt_audit.gate import gate as run_gate
+    from ilt_audit.gate import junit_xml, markdown_summary
+    from ilt_audit.internal.console import err_console
+    from ilt_audit.internal.files import write_text_atomic
+
+    with _errors():
+        result = run_gate(run_dir, task=task, max_suspect=max_suspect, by=by)
+    if junit is not None:
+        write_text_atomic(junit, junit_xml(result))
+    if summary is not None:
+        write_text_atomic(summary, markdown_summary(result))
+    if fmt is Format.json:
+        text = json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        write_text_atomic(output, text) if output is not None else sys.stdout.write(text)
+    elif fmt is Format.table and output is None:
+        _print_gate(result)
+    else:
+        parts = [t.suspect_list.assign(task=t.task) for t in result.tasks]
+        frame = pd.concat(parts, ignore_index=True)[["rank", "id", "task", "score", "label"]]
+        _emit(frame, fmt, output, "")
+    if result.passed:
+        err_console.print(
+            f"[green]Gate passed:[/] at most {max_suspect} suspect in every task.", highlight=False
+        )
+        return
+    for t in result.failed:
+        err_console.print(
+            f"[bold red]Gate failed:[/] task {t.task}: {t.suspects} of {t.instances} instances suspect "
+            f"({t.share:.1%}), more than {t.limit:.1%} ({t.allowed}).",
+            highlight=False,
+        )
+    raise typer.Exit(1)
+
+
+def _print_gate(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Suspect labels in {result.run_dir} (score {result.score})")
+    for column in ("task", "instances", "suspects", "share", "limit", "cut-off", "result"):
+        table.add_column(column, justify="left" if column in ("task", "result") else "right")
+    for t in result.tasks:
+        verdict = "[green]pass[/]" if t.passed else "[bold red]FAIL[/]"
+        table.add_row(
+            t.task,
+            str(t.instances),
+            str(t.suspects),
+            f"{t.share:.1%}",
+            f"{t.limit:.1%} ({t.allowed})",
+            f"{t.cutoff.threshold:.4g}",
+            verdict,
+        )
+    console.print(table)
+    for t in result.failed:
+        shown = t.suspect_list.head(20)
+        listing = Table(
+            title=f"Suspects of {t.task}"
+            + (f" (top {len(shown)} of {t.suspects})" if t.suspects > 20 else "")
+        )
+        for column in ("rank", "id", "score", "label"):
+            listing.add_column(column, justify="right" if column in ("rank", "score") else "left")
+        for row in shown.itertuples():
+            listing.add_row(str(row.rank), str(row.id), f"{row.score:.4f}", str(row.label))
+        console.print(listing)
+
+
 def main() -> None:
     app(prog_name="ilt-audit")
-

@@ -2,8 +2,9 @@
 
 Every file the manifest points at is decoded here, before training starts, so an unreadable image
 or a mask of the wrong size is reported with its row id and column instead of failing mid-run.
-Images are decoded with torchvision; masks and 16-bit depth PNGs with Pillow (torchvision ships
-it), since their pixel values are indices or raw counts that must not be colour-converted.
+Files are decoded with Pillow (torchvision's image backend; torchvision's own decoders are
+deprecated since 0.29) and turned into tensors by torchvision; masks and 16-bit depth PNGs keep
+their raw values (class indices, counts), never colour-converted.
 
 Example:
     >>> data = load_dataset("sample_manifests/shapes/card.toml")  # doctest: +SKIP
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ilt_audit.card import Card, Manifest, TaskSpec, load_manifest
 from ilt_audit.errors import CardError
@@ -38,7 +39,9 @@ class Dataset:
 
     manifest: Manifest
     inputs: torch.Tensor  # (N, F) float32 features, or (N, 3, H, W) uint8 images
-    targets: dict[str, torch.Tensor]  # task -> (N,) int64 | (N, D) float32 | (N, H, W) int64/float32
+    targets: dict[
+        str, torch.Tensor
+    ]  # task -> (N,) int64 | (N, D) float32 | (N, H, W) int64/float32
     train_index: torch.Tensor  # (N_train,) rows that are trained on
     val_index: torch.Tensor  # (N_val,) rows held out for validation metrics
     input_stats: tuple[torch.Tensor, torch.Tensor]  # mean, std used to normalise inputs
@@ -82,7 +85,9 @@ def load_dataset(card: Card | Manifest | str | Path) -> Dataset:
         raise CardError(f"{card.table_path}: column {card.split!r}: no row has split 'train'")
 
     if card.input.type == "features":
-        x = torch.from_numpy(manifest.frame[list(manifest.input_columns)].to_numpy(dtype=np.float32, copy=True))
+        x = torch.from_numpy(
+            manifest.frame[list(manifest.input_columns)].to_numpy(dtype=np.float32, copy=True)
+        )
         mean, std = _stats(x[train_index], dim=0)
         inputs = (x - mean) / std
         input_stats = (mean, std)
@@ -97,7 +102,9 @@ def load_dataset(card: Card | Manifest | str | Path) -> Dataset:
         if task.type == "classification":
             targets[task.name] = torch.from_numpy(manifest.class_index(task))
         elif task.type == "regression":
-            y = torch.from_numpy(manifest.frame[list(task.columns)].to_numpy(dtype=np.float32, copy=True))
+            y = torch.from_numpy(
+                manifest.frame[list(task.columns)].to_numpy(dtype=np.float32, copy=True)
+            )
             target_stats[task.name] = _stats(y[train_index], dim=0)
             targets[task.name] = (y - target_stats[task.name][0]) / target_stats[task.name][1]
         else:
@@ -125,12 +132,15 @@ def _image_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _row_error(manifest: Manifest, row: int, column: str, why: str) -> CardError:
     row_id = manifest.frame.at[row, manifest.card.id]
     value = manifest.frame.at[row, column]
-    return CardError(f"{manifest.card.table_path}: row id {row_id!r}: column {column!r}: {why} (file: {value!r})")
+    return CardError(
+        f"{manifest.card.table_path}: row id {row_id!r}: column {column!r}: {why} (file: {value!r})"
+    )
 
 
 def read_image(path: Path) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
-    return decode_image(str(path), mode=ImageReadMode.RGB)
+    with Image.open(path) as img:
+        return pil_to_tensor(img.convert("RGB"))
 
 
 def _read_images(manifest: Manifest) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -139,16 +149,20 @@ def _read_images(manifest: Manifest) -> tuple[torch.Tensor, tuple[int, int]]:
     images: list[torch.Tensor] = []
     size = card.input.size
     self_sizes: list[tuple[int, int]] = []
-    for row, value in track(manifest.frame[column].items(), "Reading images", total=len(manifest.frame)):
+    for row, value in track(
+        manifest.frame[column].items(), "Reading images", total=len(manifest.frame)
+    ):
         try:
             image = read_image(manifest.file_path(value))
-        except (RuntimeError, ValueError, OSError) as exc:
+        except (ValueError, OSError, UnidentifiedImageError) as exc:
             raise _row_error(manifest, row, column, f"cannot decode the image ({exc})") from None
         if size is None:
             size = (image.shape[1], image.shape[2])
         self_sizes.append((image.shape[1], image.shape[2]))
         if (image.shape[1], image.shape[2]) != size:
-            image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+            image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[
+                0
+            ]
             image = image.round().clamp(0, 255).to(torch.uint8)
         images.append(image)
     assert size is not None
@@ -160,7 +174,9 @@ def read_mask(path: Path) -> np.ndarray:
     """Read a segmentation mask PNG as (H, W) class indices (palette PNGs give their indices)."""
     with Image.open(path) as img:
         if img.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"a mask must be a single-channel PNG of class indices, not mode {img.mode}")
+            raise ValueError(
+                f"a mask must be a single-channel PNG of class indices, not mode {img.mode}"
+            )
         return np.asarray(img).astype(np.int64)
 
 
@@ -182,25 +198,37 @@ def _read_dense(manifest: Manifest, task: TaskSpec, size: tuple[int, int]) -> to
     image_sizes: list[tuple[int, int]] = manifest.frame.attrs["image_sizes"]
     maps: list[torch.Tensor] = []
     column = task.column
-    for row, value in track(manifest.frame[column].items(), f"Reading {task.name}", total=len(manifest.frame)):
+    for row, value in track(
+        manifest.frame[column].items(), f"Reading {task.name}", total=len(manifest.frame)
+    ):
         path = manifest.file_path(value)
         try:
             array = read_mask(path) if task.type == "segmentation" else read_depth(path, task.scale)
         except (ValueError, OSError, UnidentifiedImageError) as exc:
-            raise _row_error(manifest, row, column, f"cannot read the {task.type} map ({exc})") from None
+            raise _row_error(
+                manifest, row, column, f"cannot read the {task.type} map ({exc})"
+            ) from None
         if array.shape != image_sizes[row]:
             raise _row_error(
-                manifest, row, column,
+                manifest,
+                row,
+                column,
                 f"map is {array.shape[0]}x{array.shape[1]} but the image is "
                 f"{image_sizes[row][0]}x{image_sizes[row][1]}",
             )
         if task.type == "segmentation":
             assert isinstance(task.classes, int)
-            valid = array != task.ignore_index if task.ignore_index is not None else np.ones_like(array, bool)
+            valid = (
+                array != task.ignore_index
+                if task.ignore_index is not None
+                else np.ones_like(array, bool)
+            )
             outside = valid & ((array < 0) | (array >= task.classes))
             if outside.any():
                 raise _row_error(
-                    manifest, row, column,
+                    manifest,
+                    row,
+                    column,
                     f"mask value {int(array[outside][0])} is outside the classes 0..{task.classes - 1}",
                 )
         elif not np.isfinite(array).all():

@@ -26,7 +26,13 @@ class InstanceParams:
     """
 
     def __init__(
-        self, n: int, k: int, *, lr: float, momentum: float = 0.9, device: torch.device | str = "cpu"
+        self,
+        n: int,
+        k: int,
+        *,
+        lr: float,
+        momentum: float = 0.9,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.lr = lr
         self.momentum = momentum

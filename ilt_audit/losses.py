@@ -33,7 +33,9 @@ def _segmentation(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) ->
 
 
 def _dense_regression(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    return (output[:, 0] - target).pow(2).flatten(1).mean(dim=1)  # mean squared error over pixels: (B,)
+    return (
+        (output[:, 0] - target).pow(2).flatten(1).mean(dim=1)
+    )  # mean squared error over pixels: (B,)
 
 
 InstanceLoss = Callable[[torch.Tensor, torch.Tensor, TaskSpec], torch.Tensor]

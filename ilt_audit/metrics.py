@@ -32,11 +32,15 @@ def _unscale(data: Dataset, task: TaskSpec, y: torch.Tensor) -> torch.Tensor:
     return y * std.to(y) + mean.to(y)
 
 
-def _accuracy(task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def _accuracy(
+    task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
     return {"correct": float((out.argmax(dim=1) == y).sum()), "count": float(len(y))}
 
 
-def _abs_error(task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def _abs_error(
+    task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
     if task.type == "dense-regression":
         out = out[:, 0]
     error = (_unscale(data, task, out) - _unscale(data, task, y)).abs()

@@ -21,7 +21,7 @@ from ilt_audit.card import TaskSpec
 class ModelConfig:
     hidden: int = 128  # MLP width
     depth: int = 2  # MLP hidden layers
-    width: int = 32  # UNet channels at full resolution; doubled at each of the 3 levels
+    width: int = 16  # UNet channels at full resolution; doubled at each of the 3 levels
 
 
 class MLP(nn.Module):
@@ -73,9 +73,7 @@ class MultiTaskUNet(nn.Module):
                 self.heads[name] = nn.Conv2d(w, out, 1)
             else:
                 self.heads[name] = nn.Sequential(
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Linear(8 * w, 4 * w),
+                    nn.Linear(8 * w + w, 4 * w),
                     nn.ReLU(inplace=True),
                     nn.Linear(4 * w, out),
                 )
@@ -83,7 +81,9 @@ class MultiTaskUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = x.shape[-2:]
         pad_h, pad_w = (-height) % 8, (-width) % 8  # three poolings need sides divisible by 8
-        h = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x  # (B, 3, H, W)
+        h = (
+            F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+        )  # (B, 3, H, W)
         skips = []
         for enc in self.enc:
             h = enc(h)
@@ -93,17 +93,24 @@ class MultiTaskUNet(nn.Module):
         h = bottleneck
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             h = dec(torch.cat([up(h), skip], dim=1))
+        pooled = torch.cat(
+            [bottleneck.mean(dim=(2, 3)), h[..., :height, :width].amax(dim=(2, 3))], dim=1
+        )  # (B, 8w + w): the bottleneck's context and the decoder's strongest local evidence
         out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             if name in self.dense:
                 out[name] = head(h)[..., :height, :width]  # (B, C, H, W)
             else:
-                out[name] = head(bottleneck)  # (B, out)
+                out[name] = head(pooled)  # (B, out)
         return out
 
 
 def build_model(
-    input_type: str, in_features: int, tasks: tuple[TaskSpec, ...], heads: dict[str, int], config: ModelConfig
+    input_type: str,
+    in_features: int,
+    tasks: tuple[TaskSpec, ...],
+    heads: dict[str, int],
+    config: ModelConfig,
 ) -> nn.Module:
     """The network the input type calls for, with one head per task sized by ``heads``."""
     if input_type == "features":

@@ -62,6 +62,12 @@ def scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
     """One score per trained instance per task: columns ``id, task, score``."""
     check_by(by)
     series = SCORES[by](read_trajectories(run_dir))
+    if series.isna().all():
+        weighting = read_config(run_dir)["options"]["weighting"]
+        raise OptionError(
+            f"{run_dir} was trained with --weighting {weighting}, which has no per-instance "
+            "log σ²; rank it with --by loss"
+        )
     return series.rename("score").reset_index()
 
 
@@ -87,7 +93,9 @@ def _label_column(run_dir: Path, frame: pd.DataFrame) -> pd.Series:
     try:
         manifest = load_manifest(config["card"]["path"])
     except CardError as exc:
-        raise RunDirError(f"{run_dir}: cannot read the run's dataset card to show labels: {exc}") from None
+        raise RunDirError(
+            f"{run_dir}: cannot read the run's dataset card to show labels: {exc}"
+        ) from None
     by_id = manifest.frame.set_index(manifest.card.id)
     labels: dict[str, pd.Series] = {}
     for task in manifest.card.tasks:
@@ -98,7 +106,10 @@ def _label_column(run_dir: Path, frame: pd.DataFrame) -> pd.Series:
             text = values.map(str)
         labels[task.name] = pd.Series(text.to_numpy(), index=by_id.index)
     return pd.Series(
-        [labels[task].get(i, "") if task in labels else "" for i, task in zip(frame.id, frame.task, strict=True)],
+        [
+            labels[task].get(i, "") if task in labels else ""
+            for i, task in zip(frame.id, frame.task, strict=True)
+        ],
         index=frame.index,
         dtype=str,
     )
@@ -126,12 +137,16 @@ def rank(
     if task is not None:
         known = sorted(table.task.unique())
         if task not in known:
-            raise OptionError(f"--task {task!r}: the run has no such task; its tasks are: {', '.join(known)}")
+            raise OptionError(
+                f"--task {task!r}: the run has no such task; its tasks are: {', '.join(known)}"
+            )
         table = table[table.task == task]
     order = read_config(run_dir)["tasks"]
     parts = []
     for name in [t["name"] for t in order if t["name"] in set(table.task)]:
-        part = table[table.task == name].sort_values(["score", "id"], ascending=[False, True], kind="stable")
+        part = table[table.task == name].sort_values(
+            ["score", "id"], ascending=[False, True], kind="stable"
+        )
         if cut is not None:
             keep = cut[1] if cut[0] == "count" else math.ceil(cut[1] * len(part))
             part = part.head(int(keep))

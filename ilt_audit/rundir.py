@@ -18,7 +18,9 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The resolved configuration a run was trained with."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG}); create one with `ilt-audit train`")
+        raise RunDirError(
+            f"{run_dir}: not a run directory (no {CONFIG}); create one with `ilt-audit train`"
+        )
     try:
         config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -35,7 +37,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

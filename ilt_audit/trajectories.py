@@ -85,7 +85,9 @@ def read_trajectories(run_dir: str | Path, *, epochs: list[int] | None = None) -
     run_dir = Path(run_dir)
     files = epoch_files(run_dir)
     if not files:
-        raise RunDirError(f"{run_dir}: no trajectory files; is this a run directory of `ilt-audit train`?")
+        raise RunDirError(
+            f"{run_dir}: no trajectory files; is this a run directory of `ilt-audit train`?"
+        )
     chosen = [p for e in sorted(files) if epochs is None or e in epochs for p in files[e]]
     table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in chosen])
     return table.to_pandas()

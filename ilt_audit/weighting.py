@@ -97,15 +97,19 @@ class DWAWeighting(Weighting):
     def __init__(self, scale: torch.Tensor, temperature: float = 2.0) -> None:
         super().__init__(scale)
         self.temperature = temperature
-        self.register_buffer("history", torch.zeros(0, len(scale)))  # (epochs so far, K)
+        self.register_buffer(
+            "history", torch.zeros(2, len(scale))
+        )  # (2, K): last two epochs' losses
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # epochs recorded, up to 2
         self.register_buffer("weights", torch.ones(len(scale)))  # (K,)
 
     def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return (l * self.weights).sum(dim=1).mean()
 
     def end_epoch(self, mean_losses: torch.Tensor) -> None:
-        self.history = torch.cat([self.history, mean_losses.to(self.history)[None]])[-2:]
-        if len(self.history) == 2:
+        self.history = torch.stack([self.history[1], mean_losses.to(self.history)])
+        self.seen = (self.seen + 1).clamp(max=2)
+        if int(self.seen) == 2:
             ratio = self.history[1] / self.history[0].clamp(min=1e-12)  # (K,)
             k = len(ratio)
             self.weights = k * torch.softmax(ratio / self.temperature, dim=0)
@@ -122,7 +126,8 @@ class GLSWeighting(Weighting):
 
 
 WEIGHTINGS = {
-    w.name: w for w in (ILTWeighting, EqualWeighting, UncertaintyWeighting, DWAWeighting, GLSWeighting)
+    w.name: w
+    for w in (ILTWeighting, EqualWeighting, UncertaintyWeighting, DWAWeighting, GLSWeighting)
 }
 
 

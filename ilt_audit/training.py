@@ -39,10 +39,10 @@ from ilt_audit.model import ModelConfig, build_model
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics, write_config, write_metrics
 from ilt_audit.trajectories import epoch_files, write_epoch
 from ilt_audit.weighting import (
+    WEIGHTINGS,
     DWAWeighting,
     ILTWeighting,
     Weighting,
-    WEIGHTINGS,
     check_weighting,
 )
 
@@ -70,10 +70,14 @@ class TrainConfig:
         check_weighting(self.weighting)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise OptionError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         for name in ("lr", "ilt_lr", "dwa_temperature"):
             if not getattr(self, name) > 0:
-                raise OptionError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise OptionError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
         resolve_device(self.device)
         return self
 
@@ -94,7 +98,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise OptionError(f"--device {name!r}: choose auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda: no CUDA device is available here; use --device auto or cpu")
+        raise OptionError(
+            "--device cuda: no CUDA device is available here; use --device auto or cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise OptionError(f"--device {name!r}: choose auto, cpu or cuda")
     return device
@@ -132,7 +138,11 @@ class _Run:
         weighting: Weighting
         if config.weighting == "ilt":
             self.params = InstanceParams(
-                n, k, lr=config.ilt_lr, momentum=config.ilt_momentum, device=storage_device(n, k, device)
+                n,
+                k,
+                lr=config.ilt_lr,
+                momentum=config.ilt_momentum,
+                device=storage_device(n, k, device),
             )
             weighting = ILTWeighting(scale, self.params)
         elif config.weighting == "dwa":
@@ -189,7 +199,9 @@ class _Run:
         self.shuffle.set_state(state["rng"]["shuffle"])
 
 
-def _config_json(card: Card, data: Dataset, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+def _config_json(
+    card: Card, data: Dataset, config: TrainConfig, device: torch.device
+) -> dict[str, Any]:
     return {
         "card": {"path": str(card.path), "sha256": card.sha256()},
         "options": asdict(config),
@@ -200,7 +212,7 @@ def _config_json(card: Card, data: Dataset, config: TrainConfig, device: torch.d
         "model": "MLP" if card.input.type == "features" else "MultiTaskUNet",
         "versions": {
             "ilt_audit": __version__,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
             "python": platform.python_version(),
         },
     }
@@ -222,7 +234,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: name it rather than crash
-        raise RunDirError(f"{path}: unreadable checkpoint: {exc}") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(f"{path}: unreadable checkpoint: {first_line}") from None
     return state
 
 
@@ -314,7 +327,10 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, Any]:
             last_loss[positions] = l.detach().cpu()
             if step % 5 == 0 or step == len(batches):
                 means = last_loss.mean(dim=0)
-                bar.update(job, info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)))
+                bar.update(
+                    job,
+                    info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
+                )
             bar.advance(job)
     seconds = time.perf_counter() - started
     mean_losses = last_loss.mean(dim=0)  # (K,)
@@ -332,7 +348,12 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, Any]:
 
 
 def _write_epoch(
-    out: Path, run: _Run, epoch: int, row: dict[str, Any], metrics: list[dict[str, Any]], config_json: dict[str, Any]
+    out: Path,
+    run: _Run,
+    epoch: int,
+    row: dict[str, Any],
+    metrics: list[dict[str, Any]],
+    config_json: dict[str, Any],
 ) -> None:
     last_loss: torch.Tensor = row.pop("_last_loss")
     data = run.data

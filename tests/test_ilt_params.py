@@ -1,0 +1,71 @@
+"""The table of instance-level ``log σ²`` and its sparse SGD with momentum (paper 3.1, 4.1, 4.4)."""
+
+from __future__ import annotations
+
+import torch
+
+from ilt_audit.ilt_params import CLAMP, ON_CPU_ABOVE, InstanceParams, storage_device
+
+
+def test_table_has_one_zero_per_instance_per_task():
+    params = InstanceParams(7, 3, lr=0.1)
+    assert params.log_sigma2.shape == (7, 3)
+    assert torch.equal(params.log_sigma2, torch.zeros(7, 3))
+    assert torch.equal(params.momentum_buffer, torch.zeros(7, 3))
+
+
+def test_step_touches_only_the_given_rows():
+    params = InstanceParams(6, 2, lr=0.2, momentum=0.5)
+    params.log_sigma2[:] = torch.arange(12, dtype=torch.float32).view(6, 2) / 10
+    params.momentum_buffer[:] = -torch.arange(12, dtype=torch.float32).view(6, 2) / 20
+    before_value, before_buffer = params.log_sigma2.clone(), params.momentum_buffer.clone()
+    index = torch.tensor([4, 1])
+    grad = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    params.step(index, grad)
+
+    buf = 0.5 * before_buffer[index] + grad  # buf ← μ·buf + g
+    assert torch.allclose(params.momentum_buffer[index], buf)
+    assert torch.allclose(params.log_sigma2[index], (before_value[index] - 0.2 * buf).clamp(-4, 4))
+    others = torch.tensor([0, 2, 3, 5])
+    assert torch.equal(params.log_sigma2[others], before_value[others])
+    assert torch.equal(params.momentum_buffer[others], before_buffer[others])
+
+
+def test_step_clamps_to_plus_minus_four():
+    params = InstanceParams(2, 1, lr=1.0)
+    params.step(torch.tensor([0, 1]), torch.tensor([[-1e9], [1e9]]))
+    assert params.log_sigma2.flatten().tolist() == [CLAMP, -CLAMP]
+    assert CLAMP == 4.0
+
+
+def test_gather_is_a_fresh_leaf_that_collects_gradients():
+    params = InstanceParams(5, 2, lr=0.1)
+    params.log_sigma2[3] = torch.tensor([1.0, 2.0])
+    rows = params.gather(torch.tensor([3, 0]), torch.device("cpu"))
+    assert rows.is_leaf and rows.requires_grad
+    assert rows.tolist() == [[1.0, 2.0], [0.0, 0.0]]
+    rows.sum().backward()
+    with torch.no_grad():
+        rows.add_(100.0)
+    assert params.log_sigma2[3].tolist() == [1.0, 2.0]  # the table is not a view of the batch
+    assert params.log_sigma2.grad is None
+
+
+def test_state_dict_round_trip_restores_values_and_momentum():
+    params = InstanceParams(4, 2, lr=0.3)
+    params.step(torch.tensor([0, 2]), torch.tensor([[1.0, -1.0], [2.0, 0.5]]))
+    restored = InstanceParams(4, 2, lr=0.3)
+    restored.load_state_dict(params.state_dict())
+    assert torch.equal(restored.log_sigma2, params.log_sigma2)
+    assert torch.equal(restored.momentum_buffer, params.momentum_buffer)
+    # and the next step continues identically
+    grad = torch.tensor([[0.3, 0.3]])
+    params.step(torch.tensor([2]), grad)
+    restored.step(torch.tensor([2]), grad)
+    assert torch.equal(restored.log_sigma2, params.log_sigma2)
+
+
+def test_large_tables_stay_on_the_cpu():
+    compute = torch.device("cuda")  # only compared, never allocated
+    assert storage_device(ON_CPU_ABOVE + 1, 1, compute) == torch.device("cpu")
+    assert storage_device(100, 4, compute) == compute
