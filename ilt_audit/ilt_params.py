@@ -32,10 +32,12 @@ class InstanceParams:
         *,
         lr: float,
         momentum: float = 0.9,
+        grad_clip: float | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         self.lr = lr
         self.momentum = momentum
+        self.grad_clip = grad_clip
         self.log_sigma2 = torch.zeros(n, k, device=device)  # (N, K)
         self.momentum_buffer = torch.zeros(n, k, device=device)  # (N, K)
 
@@ -54,11 +56,23 @@ class InstanceParams:
 
         buf ← μ·buf + g;  s ← clamp(s − lr·buf, −4, 4). Rows outside ``index`` keep their value
         and their momentum.
+
+        Two guards, both off in the paper's plain form (``grad_clip=None``): ``g`` is clipped to
+        [−grad_clip, grad_clip] (``∂L/∂s = 1 − l·e^(−s)`` is at most 1 but unbounded below, so
+        one loss spike of a well-fit instance would throw its ``s`` to the clamp), and when
+        ``grad_clip`` is set the momentum of an entry that hits the clamp is reset, so that it
+        does not keep pushing against the bound for many epochs after the spike.
         """
         index = index.to(self.device)
-        buf = self.momentum_buffer[index] * self.momentum + grad.to(self.device)  # (B, K)
+        grad = grad.to(self.device)
+        if self.grad_clip is not None:
+            grad = grad.clamp(-self.grad_clip, self.grad_clip)
+        buf = self.momentum_buffer[index] * self.momentum + grad  # (B, K)
+        moved = self.log_sigma2[index] - self.lr * buf  # (B, K)
+        if self.grad_clip is not None:
+            buf = torch.where(moved.abs() > CLAMP, torch.zeros_like(buf), buf)
         self.momentum_buffer[index] = buf
-        self.log_sigma2[index] = (self.log_sigma2[index] - self.lr * buf).clamp(-CLAMP, CLAMP)
+        self.log_sigma2[index] = moved.clamp(-CLAMP, CLAMP)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"log_sigma2": self.log_sigma2.cpu(), "momentum_buffer": self.momentum_buffer.cpu()}

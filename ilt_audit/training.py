@@ -61,6 +61,7 @@ class TrainConfig:
     weighting: str = "ilt"
     ilt_lr: float = 0.1  # the method's one hyperparameter, on each instance's own gradient
     ilt_momentum: float = 0.9
+    ilt_grad_clip: float | None = 1.0  # per-instance ∂L/∂s clip, with momentum reset at the clamp
     dwa_temperature: float = 2.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -142,6 +143,7 @@ class _Run:
                 k,
                 lr=config.ilt_lr,
                 momentum=config.ilt_momentum,
+                grad_clip=config.ilt_grad_clip,
                 device=storage_device(n, k, device),
             )
             weighting = ILTWeighting(scale, self.params)

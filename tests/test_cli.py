@@ -35,7 +35,7 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_spec_commands_exist():
-    assert {"train", "rank", "corrupt", "evaluate"} <= set(COMMANDS)
+    assert {"train", "rank", "corrupt", "evaluate", "report", "gate"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

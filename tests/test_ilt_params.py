@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ilt_audit.ilt_params import CLAMP, ON_CPU_ABOVE, InstanceParams, storage_device
@@ -69,3 +70,29 @@ def test_large_tables_stay_on_the_cpu():
     compute = torch.device("cuda")  # only compared, never allocated
     assert storage_device(ON_CPU_ABOVE + 1, 1, compute) == torch.device("cpu")
     assert storage_device(100, 4, compute) == compute
+
+
+def test_grad_clip_bounds_the_step_of_a_loss_spike():
+    params = InstanceParams(3, 1, lr=0.1, momentum=0.9, grad_clip=1.0)
+    rows = torch.tensor([0, 1])
+    params.step(rows, torch.tensor([[-64.0], [0.5]]))  # a loss spike on row 0, a normal row 1
+    assert params.log_sigma2[0, 0].item() == pytest.approx(0.1)  # clipped to g = -1
+    assert params.log_sigma2[1, 0].item() == pytest.approx(-0.05)
+    assert params.log_sigma2[2, 0].item() == 0.0
+
+
+def test_momentum_is_reset_where_the_clamp_holds_with_grad_clip():
+    params = InstanceParams(2, 1, lr=10.0, momentum=0.9, grad_clip=1.0)
+    params.step(torch.tensor([0, 1]), torch.tensor([[-1.0], [0.1]]))
+    assert params.log_sigma2[0, 0].item() == CLAMP  # 0 + 10 would pass the bound
+    assert params.momentum_buffer[0, 0].item() == 0.0  # so no momentum keeps pushing
+    assert params.momentum_buffer[1, 0].item() == pytest.approx(0.1)  # inside the bounds: kept
+    params.step(torch.tensor([0]), torch.tensor([[1.0]]))  # a well-fit instance comes straight back
+    assert params.log_sigma2[0, 0].item() == -CLAMP  # 4 - 10·1, clamped at the other bound
+
+
+def test_without_grad_clip_the_paper_form_keeps_momentum_at_the_clamp():
+    params = InstanceParams(1, 1, lr=10.0, momentum=0.9)
+    params.step(torch.tensor([0]), torch.tensor([[-1.0]]))
+    assert params.log_sigma2[0, 0].item() == CLAMP
+    assert params.momentum_buffer[0, 0].item() == -1.0

@@ -19,7 +19,9 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
         ("penguins", "features", {"classification", "regression"}),
     ],
 )
-def test_sample_card_loads_with_its_task_types(name: str, input_type: str, task_types: set[str]) -> None:
+def test_sample_card_loads_with_its_task_types(
+    name: str, input_type: str, task_types: set[str]
+) -> None:
     manifest = load_manifest(SAMPLES / name / "card.toml")
     assert manifest.card.input.type == input_type
     assert {t.type for t in manifest.card.tasks} == task_types

@@ -1,0 +1,168 @@
+"""`ilt-audit report`: one self-contained HTML page, checked as text and in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+from dataclasses import dataclass
+from html import unescape
+from pathlib import Path
+
+import pytest
+from browser import CHROMIUM, load_page
+from conftest import tiny_config, write_image_dataset
+from PIL import Image
+
+from ilt_audit.corruption import corrupt
+from ilt_audit.report import render_report
+from ilt_audit.training import train
+
+IMAGE_TASKS = ("colour", "geometry", "seg", "depth")
+_DATA_PNG = re.compile(r"^data:image/png;base64,([A-Za-z0-9+/=]+)$")
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    run: Path
+    truth: Path
+    html: str
+    path: Path
+
+
+@pytest.fixture(scope="module")
+def image_report(tmp_path_factory: pytest.TempPathFactory) -> ImageReport:
+    """A two-epoch run on 12 images with a quarter of three tasks' labels corrupted, reported."""
+    root = tmp_path_factory.mktemp("report")
+    card = write_image_dataset(root / "clean")
+    noisy = corrupt(
+        card, tasks=["colour", "seg", "depth"], fraction=0.25, seed=0, out=root / "noisy"
+    )
+    train(noisy.card_path, root / "run", config=tiny_config(epochs=2))
+    path = render_report(root / "run", root / "report.html", truth=noisy.truth_path, top=5)
+    return ImageReport(root / "run", noisy.truth_path, path.read_text(encoding="utf-8"), path)
+
+
+def _sources(html: str) -> list[str]:
+    return re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
+
+
+def _flagged_rows(html: str, task: str) -> list[str]:
+    section = html.split(f'id="task-{task}"', 1)[1].split("</section>", 1)[0]
+    table = section.split('<table class="flagged">', 1)[1]
+    return re.findall(r"<tr(?: class=suspect)?><td", table)
+
+
+def test_report_has_a_summary_and_a_section_per_task(image_report):
+    html = image_report.html
+    assert html.startswith("<!doctype html>")
+    assert '<section id="summary">' in html
+    for task in IMAGE_TASKS:
+        assert f'<section class="task" id="task-{task}">' in html
+        assert len(_flagged_rows(html, task)) == 5  # --top 5
+    assert str(image_report.run.name) in html
+
+
+def test_every_image_is_an_inline_png(image_report):
+    sources = _sources(image_report.html)
+    # the loss curves, two plots per task, and per flagged row an input thumbnail (+ 2 maps when dense)
+    assert len(sources) >= 1 + 2 * 4 + 5 * 4 + 2 * 5 * 2
+    for source in sources:
+        match = _DATA_PNG.match(source)
+        assert match, source[:80]
+        with Image.open(io.BytesIO(base64.b64decode(match.group(1), validate=True))) as image:
+            assert image.format == "PNG"
+            assert image.width > 0 and image.height > 0
+
+
+def test_report_needs_no_network_and_runs_no_script(image_report):
+    html = image_report.html
+    assert "<script" not in html
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
+    assert "default-src 'none'; img-src data:" in html  # the page's own policy forbids the rest
+
+
+def test_with_truth_the_report_splits_clean_and_corrupted_and_shows_detection(image_report):
+    html = image_report.html
+    for header in ("corrupted", "suspects corrupted", "recall of suspects", "AUROC", "AP"):
+        assert f">{header}</th>" in html
+    assert "split into clean and corrupted labels" in html
+    assert "corrupted labels solid red, clean dashed blue" in html
+
+
+def test_dense_tasks_show_the_labelled_map_and_the_prediction(image_report):
+    html = image_report.html
+    for task in ("seg", "depth"):
+        section = html.split(f'id="task-{task}"', 1)[1].split("</section>", 1)[0]
+        assert "<th>label (mask/map)</th><th>prediction</th>" in section
+        assert "as labelled" in section
+        assert f'alt="predicted {task}' in section
+
+
+def test_features_report_shows_labels_predictions_and_features(planted_run, tmp_path):
+    path = render_report(planted_run.run, tmp_path / "report.html", top=len(planted_run.flipped))
+    html = path.read_text(encoding="utf-8")
+    section = html.split('id="task-label"', 1)[1].split("</section>", 1)[0]
+    for row_id in planted_run.flipped:
+        assert f"<code>{row_id}</code>" in section
+    predictions = re.findall(r"<td>([abc]) \(\d+%\)</td></tr>", section)  # "b (97%)"
+    assert len(predictions) == len(planted_run.flipped)
+    assert 'class="features">f0=' in section
+    assert "predictions are not shown" not in html
+
+
+def test_a_run_without_ilt_parameters_is_shown_by_its_loss(features_card, tmp_path, tiny):
+    train(features_card, tmp_path / "run", config=tiny(epochs=2, weighting="equal"))
+    html = render_report(tmp_path / "run", tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "trained with --weighting equal, which has no per-instance log σ²" in html
+    assert "loss (log scale)" in html
+
+
+def test_a_run_without_checkpoint_still_reports_without_predictions(planted_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(planted_run.run, run)
+    (run / "checkpoint.pt").unlink()
+    html = render_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    text = unescape(html)
+    assert "No checkpoint.pt in the run directory: the model's predictions are not shown." in text
+    assert '<section class="task" id="task-label">' in html
+
+
+def test_report_command_writes_the_page(cli, planted_run, tmp_path):
+    out = tmp_path / "out" / "report.html"
+    result = cli("report", planted_run.run, "--out", out, "--top", "3")
+    assert result.exit_code == 0, result.stderr
+    assert f"Report: {out}" in result.err
+    assert out.read_text(encoding="utf-8").rstrip().endswith("</html>")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--top", "0"], "--top must be at least 1, got 0"),
+        (["--truth", "missing.parquet"], "missing.parquet: corruption file not found"),
+        (["--by", "nope"], "unknown score 'nope'"),
+    ],
+)
+def test_report_bad_input_exits_2_and_writes_nothing(cli, planted_run, tmp_path, args, message):
+    out = tmp_path / "report.html"
+    result = cli("report", planted_run.run, "--out", out, *args)
+    assert result.exit_code == 2
+    assert f"Error: {message}" in result.err
+    assert not out.exists()
+
+
+def test_report_of_something_that_is_not_a_run_exits_2(cli, tmp_path):
+    result = cli("report", tmp_path, "--out", tmp_path / "r.html")
+    assert result.exit_code == 2
+    assert "not a run directory" in result.err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_report_renders_in_a_real_browser(image_report, tmp_path):
+    page = load_page(image_report.path, tmp_path)
+    assert page.errors == [], page.log[-2000:]
+    assert len(page.images) == len(_sources(image_report.html))
+    assert page.broken_images == []
+    assert all(image["width"] > 0 for image in page.images)
