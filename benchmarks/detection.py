@@ -56,13 +56,11 @@ from rich.table import Table
 
 from ilt_audit.card import Card, load_card, load_manifest, read_table
 from ilt_audit.corruption import corrupt, read_truth, toml_dumps
-from ilt_audit.data import Dataset, load_dataset
+from ilt_audit.data import load_dataset
 from ilt_audit.errors import RunDirError, TrainingDiverged
 from ilt_audit.evaluation import detection_metrics, evaluate
-from ilt_audit.model import build_model
 from ilt_audit.ranking import DEFAULT_BY, SCORES
-from ilt_audit.rundir import CHECKPOINT
-from ilt_audit.training import TrainConfig, config_from_dict, load_checkpoint, train
+from ilt_audit.training import TrainConfig, predict, train
 from ilt_audit.trajectories import read_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,32 +364,6 @@ def write_split_card(card: Card, folder: Path, stem: str, is_val: np.ndarray) ->
 
 
 @torch.no_grad()
-def predict(run_dir: Path, data: Dataset, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The outputs of a finished run's network on some rows: task -> (R, out) logits or values.
-
-    Rebuilds the model as ``ilt_audit.training`` does (``build_model``, heads sized by
-    ``Dataset.out_features``, the options saved in the checkpoint) and normalises image inputs
-    with the dataset's statistics, as the training loop does. ``data`` must be loaded from the
-    card the run was trained on, so the normalisation matches.
-    """
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    config = config_from_dict(state["config"]["options"])
-    tasks = data.card.tasks
-    heads = {t.name: data.out_features(t) for t in tasks}
-    model = build_model(data.card.input.type, data.inputs.shape[1], tasks, heads, config.model)
-    model.load_state_dict(state["model"])
-    model.eval()
-    mean, std = data.input_stats
-    parts: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
-    for batch in torch.split(rows, 256):
-        x = data.inputs[batch]
-        if x.dtype == torch.uint8:  # images are kept as bytes; features are standardised already
-            x = (x.float() / 255.0 - mean) / std  # (B, 3, H, W)
-        for name, out in model(x).items():
-            parts[name].append(out.float())
-    return {name: torch.cat(chunks) for name, chunks in parts.items()}
-
-
 # --- detection ------------------------------------------------------------------------------
 
 

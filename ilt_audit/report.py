@@ -140,8 +140,7 @@ def _predict(page: _Page) -> dict[str, dict[str, Any]]:
     import torch
 
     from ilt_audit.data import load_dataset
-    from ilt_audit.model import build_model
-    from ilt_audit.training import config_from_dict, load_checkpoint
+    from ilt_audit.training import predict
 
     path = page.run_dir / CHECKPOINT
     card = page.manifest.card
@@ -160,31 +159,16 @@ def _predict(page: _Page) -> dict[str, dict[str, Any]]:
     data = load_dataset(page.manifest)
     position = {instance: i for i, instance in enumerate(data.ids)}
     rows = torch.tensor([position[i] for i in shown["id"].unique()], dtype=torch.long)
-    options = config_from_dict(page.config["options"])
-    heads = {t.name: data.out_features(t) for t in card.tasks}
-    model = build_model(card.input.type, data.inputs.shape[1], card.tasks, heads, options.model)
     try:
-        state = load_checkpoint(path)
-        model.load_state_dict(state["model"])
-    except (RunDirError, KeyError, RuntimeError) as exc:
+        outputs = predict(page.run_dir, data, rows)
+    except RunDirError as exc:
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])[:200]  # no terminal codes
         page.notes.append(f"The model could not be loaded ({reason}); predictions are not shown.")
         return {}
-    model.eval()
-    x = data.inputs[rows]
-    if x.dtype == torch.uint8:  # images: as training feeds them
-        mean, std = data.input_stats
-        x = (x.float() / 255.0 - mean) / std  # (B, 3, H, W)
-    outputs: dict[str, list[Any]] = {t.name: [] for t in card.tasks}
-    with torch.no_grad():
-        for chunk in torch.split(x, 64):
-            for name, out in model(chunk).items():
-                outputs[name].append(out)
     ids = [data.ids[i] for i in rows.tolist()]
     result: dict[str, dict[str, Any]] = {}
     for task in card.tasks:
-        out = torch.cat(outputs[task.name])
-        decoded = _DECODE[task.type](task, data, out)
+        decoded = _DECODE[task.type](task, data, outputs[task.name])
         result[task.name] = dict(zip(ids, decoded, strict=True))
     return result
 

@@ -120,6 +120,45 @@ def config_from_dict(options: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**options)
 
 
+def model_inputs(
+    data: Dataset, rows: torch.Tensor, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The network's input for some rows: images scaled and normalised, features as loaded."""
+    x = data.inputs[rows].to(device)
+    if x.dtype == torch.uint8:
+        mean, std = data.input_stats
+        return (x.float() / 255.0 - mean.to(device)) / std.to(device)  # (B, 3, H, W)
+    return x  # (B, F), standardised when loaded
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, data: Dataset, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The outputs of a finished run's network on some rows: task -> (R, out) logits or values.
+
+    The network is rebuilt as training built it and loaded from ``checkpoint.pt`` with
+    ``weights_only=True``. ``data`` must be loaded from the card the run was trained on, so that
+    the inputs are normalised the same way. Regression outputs are in normalised units.
+    """
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    try:
+        config = config_from_dict(state["config"]["options"])
+        tasks = data.card.tasks
+        heads = {t.name: data.out_features(t) for t in tasks}
+        model = build_model(data.card.input.type, data.inputs.shape[1], tasks, heads, config.model)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(
+            f"{run_dir}: the checkpoint does not fit this dataset: {first_line}"
+        ) from None
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
+    for batch in torch.split(rows, 256):
+        for name, out in model(model_inputs(data, batch)).items():
+            parts[name].append(out.float())
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
 class _Run:
     """The state of one training run: data, model, weighting, optimizer, RNG."""
 
@@ -158,15 +197,9 @@ class _Run:
             weight_decay=config.weight_decay,
         )
         self.shuffle = torch.Generator().manual_seed(config.seed)
-        mean, std = data.input_stats
-        self.mean, self.std = mean.to(device), std.to(device)
 
     def inputs(self, rows: torch.Tensor) -> torch.Tensor:
-        x = self.data.inputs[rows].to(self.device)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-            return (x - self.mean) / self.std  # (B, 3, H, W)
-        return x  # (B, F), standardised when loaded
+        return model_inputs(self.data, rows, self.device)
 
     def targets(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: y[rows].to(self.device) for name, y in self.data.targets.items()}

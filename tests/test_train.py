@@ -397,3 +397,27 @@ def test_non_finite_loss_stops_training_and_keeps_earlier_epochs(
     assert sorted(p.name for p in (run / "trajectories").iterdir()) == ["epoch-0001.parquet"]
     assert [row["epoch"] for row in read_metrics(run)] == [1]
     assert _checkpoint_unsafe(run)["epoch"] == 1
+
+
+def test_predict_rebuilds_the_trained_network(planted_run):
+    from ilt_audit.data import load_dataset
+    from ilt_audit.training import predict
+
+    data = load_dataset(planted_run.card)
+    rows = torch.arange(len(data))
+    outputs = predict(planted_run.run, data, rows)
+    labels = data.targets["label"]
+    clean = torch.tensor([i not in planted_run.flipped for i in data.ids])
+    predicted = outputs["label"].argmax(dim=1)
+    # the network learned the clean rule, so it predicts the manifest's label where that is right
+    assert (predicted[clean] == labels[clean]).float().mean() > 0.8
+    # and disagrees with most planted wrong labels
+    assert (predicted[~clean] != labels[~clean]).float().mean() > 0.5
+
+
+def test_predict_refuses_a_checkpoint_of_another_dataset(planted_run, image_card):
+    from ilt_audit.data import load_dataset
+    from ilt_audit.training import predict
+
+    with pytest.raises(RunDirError, match="does not fit this dataset"):
+        predict(planted_run.run, load_dataset(image_card), torch.arange(2))
