@@ -363,7 +363,6 @@ def write_split_card(card: Card, folder: Path, stem: str, is_val: np.ndarray) ->
     return folder / f"{stem}.toml"
 
 
-@torch.no_grad()
 # --- detection ------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ corrupted segmentation masks, whose ``log σ²`` sit only 2 above the clean ones
 Example:
     >>> result = gate("runs/shapes", max_suspect="2%")  # doctest: +SKIP
     >>> result.passed, [(t.task, t.suspects) for t in result.tasks]  # doctest: +SKIP
-    (False, [('shape', 198), ('geometry', 9), ('seg', 0), ('depth', 0)])
+    (False, [('shape', 113), ('geometry', 3), ('seg', 0), ('depth', 0)])
 """
 
 from __future__ import annotations
