@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ilt_audit.card import load_manifest
+from ilt_audit.card import Manifest, load_manifest
 from ilt_audit.errors import CardError, OptionError, RunDirError
 from ilt_audit.rundir import read_config
 from ilt_audit.trajectories import read_trajectories
@@ -87,15 +87,20 @@ def parse_top(top: str | int | None) -> tuple[str, float] | None:
     raise OptionError(f"--top {text!r}: give a count (500) or a share of the instances (40%)")
 
 
-def _label_column(run_dir: Path, frame: pd.DataFrame) -> pd.Series:
-    """The label of each (id, task) as found in the manifest, as text."""
+def run_manifest(run_dir: Path, purpose: str) -> Manifest:
+    """The manifest of the card a run was trained on; ``purpose`` says why, in the error."""
     config = read_config(run_dir)
     try:
-        manifest = load_manifest(config["card"]["path"])
+        return load_manifest(config["card"]["path"])
     except CardError as exc:
         raise RunDirError(
-            f"{run_dir}: cannot read the run's dataset card to show labels: {exc}"
+            f"{run_dir}: cannot read the run's dataset card {purpose}: {exc}"
         ) from None
+
+
+def _label_column(run_dir: Path, frame: pd.DataFrame) -> pd.Series:
+    """The label of each (id, task) as found in the manifest, as text."""
+    manifest = run_manifest(run_dir, "to show labels")
     by_id = manifest.frame.set_index(manifest.card.id)
     labels: dict[str, pd.Series] = {}
     for task in manifest.card.tasks:

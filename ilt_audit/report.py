@@ -36,12 +36,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ilt_audit import __version__
-from ilt_audit.card import Manifest, TaskSpec, load_manifest
+from ilt_audit.card import Manifest, TaskSpec
 from ilt_audit.corruption import read_truth
-from ilt_audit.errors import CardError, OptionError, RunDirError
+from ilt_audit.errors import OptionError, RunDirError
 from ilt_audit.evaluation import evaluate
 from ilt_audit.gate import LOG_SCORES, SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
 from ilt_audit.internal.files import write_text_atomic
+from ilt_audit.ranking import run_manifest
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics
 from ilt_audit.trajectories import read_trajectories
 
@@ -104,12 +105,7 @@ def _read(run_dir: Path, truth: str | Path | None, top: int, by: str | None) -> 
     ranked, cutoffs = find_suspects(run_dir, by=score)
     trajectories = read_trajectories(run_dir)
     value = "loss" if score in LOG_SCORES else "log_sigma2"
-    try:
-        manifest = load_manifest(config["card"]["path"])
-    except CardError as exc:
-        raise RunDirError(
-            f"{run_dir}: cannot read the run's dataset card for thumbnails: {exc}"
-        ) from None
+    manifest = run_manifest(run_dir, "for thumbnails")
     page = _Page(run_dir, config, trajectories, score, value, ranked, cutoffs, manifest, top)
     page.rows = {v: i for i, v in enumerate(manifest.frame[manifest.card.id])}
     if config.get("options", {}).get("weighting", "ilt") != "ilt":
