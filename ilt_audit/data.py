@@ -93,7 +93,7 @@ def load_dataset(card: Card | Manifest | str | Path) -> Dataset:
         input_stats = (mean, std)
         size = None
     else:
-        inputs, size = _read_images(manifest)
+        inputs, size, image_sizes = _read_images(manifest)
         input_stats = _image_stats(inputs[train_index])
 
     targets: dict[str, torch.Tensor] = {}
@@ -109,7 +109,7 @@ def load_dataset(card: Card | Manifest | str | Path) -> Dataset:
             targets[task.name] = (y - target_stats[task.name][0]) / target_stats[task.name][1]
         else:
             assert size is not None
-            y = _read_dense(manifest, task, size)
+            y = _read_dense(manifest, task, size, image_sizes)
             if task.type == "dense-regression":
                 target_stats[task.name] = _stats(y[train_index].reshape(-1, 1), dim=0)
                 y = (y - target_stats[task.name][0]) / target_stats[task.name][1]
@@ -143,12 +143,15 @@ def read_image(path: Path) -> torch.Tensor:
         return pil_to_tensor(img.convert("RGB"))
 
 
-def _read_images(manifest: Manifest) -> tuple[torch.Tensor, tuple[int, int]]:
+def _read_images(
+    manifest: Manifest,
+) -> tuple[torch.Tensor, tuple[int, int], list[tuple[int, int]]]:
+    """All images at one size, that size, and each image's own size (dense maps must match it)."""
     card = manifest.card
     column = card.input.columns[0]
     images: list[torch.Tensor] = []
     size = card.input.size
-    self_sizes: list[tuple[int, int]] = []
+    image_sizes: list[tuple[int, int]] = []
     for row, value in track(
         manifest.frame[column].items(), "Reading images", total=len(manifest.frame)
     ):
@@ -158,7 +161,7 @@ def _read_images(manifest: Manifest) -> tuple[torch.Tensor, tuple[int, int]]:
             raise _row_error(manifest, row, column, f"cannot decode the image ({exc})") from None
         if size is None:
             size = (image.shape[1], image.shape[2])
-        self_sizes.append((image.shape[1], image.shape[2]))
+        image_sizes.append((image.shape[1], image.shape[2]))
         if (image.shape[1], image.shape[2]) != size:
             image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[
                 0
@@ -166,8 +169,7 @@ def _read_images(manifest: Manifest) -> tuple[torch.Tensor, tuple[int, int]]:
             image = image.round().clamp(0, 255).to(torch.uint8)
         images.append(image)
     assert size is not None
-    manifest.frame.attrs["image_sizes"] = self_sizes
-    return torch.stack(images), size
+    return torch.stack(images), size, image_sizes
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -194,8 +196,9 @@ def read_depth(path: Path, scale: float = 1.0) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _read_dense(manifest: Manifest, task: TaskSpec, size: tuple[int, int]) -> torch.Tensor:
-    image_sizes: list[tuple[int, int]] = manifest.frame.attrs["image_sizes"]
+def _read_dense(
+    manifest: Manifest, task: TaskSpec, size: tuple[int, int], image_sizes: list[tuple[int, int]]
+) -> torch.Tensor:
     maps: list[torch.Tensor] = []
     column = task.column
     for row, value in track(
