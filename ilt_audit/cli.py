@@ -138,7 +138,7 @@ OutputOption = Annotated[
 ]
 ByOption = Annotated[
     str | None,
-    typer.Option("--by", help="Score: tail (default), final, mean, or loss (small-loss baseline)."),
+    typer.Option("--by", help="Score: final (default), tail, mean, or loss (small-loss baseline)."),
 ]
 
 

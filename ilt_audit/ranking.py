@@ -49,7 +49,7 @@ SCORES: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
     "mean": _mean,  # mean log σ² over all epochs: the area under the trajectory
     "loss": _loss,  # the last epoch's unweighted loss: the small-loss baseline
 }
-DEFAULT_BY = "tail"
+DEFAULT_BY = "final"
 
 
 def check_by(by: str) -> str:
