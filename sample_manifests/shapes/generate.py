@@ -15,11 +15,18 @@ label noise for audits is meant to be injected by the caller.
 Deterministic (fixed seed), depends only on numpy and Pillow.
 
     python sample_manifests/shapes/generate.py
+
+``--n`` and ``--out`` write a larger (or smaller) set elsewhere, with the card; its first 600
+instances are the shipped ones:
+
+    python sample_manifests/shapes/generate.py --n 2400 --out /tmp/shapes2400
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,19 +118,26 @@ def make_instance(rng: np.random.Generator) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the shapes sample dataset.")
+    parser.add_argument("--n", type=int, default=N, help=f"instances (default {N})")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder (default: this one)")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
+    out: Path = args.out
     rng = np.random.default_rng(SEED)
     for sub in ("images", "masks", "depth"):
-        (HERE / sub).mkdir(exist_ok=True)
+        (out / sub).mkdir(parents=True, exist_ok=True)
 
     rows = []
-    for i in range(N):
+    for i in range(args.n):
         inst = make_instance(rng)
         iid = f"s{i:04d}"
         img_rel, mask_rel, depth_rel = f"images/{iid}.png", f"masks/{iid}.png", f"depth/{iid}.npy"
-        Image.fromarray(inst["image"], mode="RGB").save(HERE / img_rel, optimize=True)
-        Image.fromarray(inst["mask"], mode="L").save(HERE / mask_rel, optimize=True)
-        np.save(HERE / depth_rel, inst["depth"])
+        Image.fromarray(inst["image"], mode="RGB").save(out / img_rel, optimize=True)
+        Image.fromarray(inst["mask"], mode="L").save(out / mask_rel, optimize=True)
+        np.save(out / depth_rel, inst["depth"])
         rows.append(
             {
                 "id": iid,
@@ -137,13 +151,15 @@ def main() -> None:
             }
         )
 
-    with open(HERE / "manifest.csv", "w", newline="") as f:
+    with open(out / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(
             f, fieldnames=["id", "image", "shape", "cx", "cy", "size", "mask", "depth"]
         )
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {N} instances to {HERE}")
+    if out.resolve() != HERE:
+        shutil.copyfile(HERE / "card.toml", out / "card.toml")
+    print(f"wrote {args.n} instances to {out}")
 
 
 if __name__ == "__main__":
