@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from helpers_scripts import load_script
+from PIL import Image
 
 from ilt_audit.card import load_manifest
 from ilt_audit.data import load_dataset
@@ -31,23 +35,14 @@ def test_sample_card_loads_with_its_task_types(
         assert len(data.targets[task.name]) == len(data)
 
 
-def test_shapes_generator_reproduces_the_shipped_sample_and_writes_larger_ones_elsewhere(
+def test_shapes_generator_reproduces_the_shipped_sample_and_writes_other_sizes_elsewhere(
     tmp_path: Path,
 ) -> None:
-    import importlib.util
-
-    import numpy as np
-    import pandas as pd
-    from PIL import Image
-
     shipped = SAMPLES / "shapes"
-    spec = importlib.util.spec_from_file_location("shapes_generate", shipped / "generate.py")
-    assert spec is not None and spec.loader is not None
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    generate = load_script("sample_manifests/shapes/generate.py", "shapes_generate")
 
-    generate.main(["--n", "3", "--out", str(tmp_path / "small")])
     out = tmp_path / "small"
+    generate.main(["--n", "3", "--out", str(out)])
     frame = pd.read_csv(out / "manifest.csv", dtype=str)
     assert frame.equals(pd.read_csv(shipped / "manifest.csv", dtype=str).head(3))
     for column in ("image", "mask"):
