@@ -54,11 +54,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ilt_audit.card import Card, load_card, load_manifest, read_table
+from ilt_audit.card import Card, load_card
 from ilt_audit.corruption import corrupt, read_truth, toml_dumps
 from ilt_audit.data import load_dataset
 from ilt_audit.errors import RunDirError, TrainingDiverged
 from ilt_audit.evaluation import detection_metrics, evaluate
+from ilt_audit.manifest import load_manifest, read_table
 from ilt_audit.ranking import DEFAULT_BY, SCORES
 from ilt_audit.training import TrainConfig, predict, train
 from ilt_audit.trajectories import read_trajectories

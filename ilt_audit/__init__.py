@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_card": "ilt_audit.card",
-    "load_dataset": "ilt_audit.card",
+    "load_manifest": "ilt_audit.manifest",
+    "load_dataset": "ilt_audit.data",
     "TrainConfig": "ilt_audit.training",
     "train": "ilt_audit.training",
     "rank": "ilt_audit.ranking",

@@ -42,6 +42,13 @@ class Noise(StrEnum):
     replace = "replace"
 
 
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Weighting(StrEnum):
     ilt = "ilt"
     equal = "equal"
@@ -152,6 +159,16 @@ def train(
         Weighting, typer.Option(help="How task losses are weighted.")
     ] = Weighting.ilt,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(help="auto: bf16 autocast on CUDA when supported, fp32 on the CPU."),
+    ] = Precision.auto,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes that decode images (0: in the main process) \\[default: one per core, at most 8]."
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size \\[default: 32].")] = None,
     lr: Annotated[
         float | None, typer.Option(help="Learning rate of the network \\[default: 1e-3].")
@@ -190,7 +207,9 @@ def train(
         "dwa_temperature": dwa_temperature,
     }
     config = dataclasses.replace(
-        TrainConfig(weighting=weighting.value, device=device),
+        TrainConfig(
+            weighting=weighting.value, device=device, precision=precision.value, workers=workers
+        ),
         **{k: v for k, v in given.items() if v is not None},
     )
 

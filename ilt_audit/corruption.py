@@ -58,9 +58,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from ilt_audit.card import TABLE_READERS, Card, Manifest, TaskSpec, load_manifest, read_table
+from ilt_audit.card import TABLE_READERS, Card, TaskSpec
 from ilt_audit.errors import CardError, OptionError, TruthError
 from ilt_audit.internal.console import track
+from ilt_audit.manifest import Manifest, load_manifest, read_table
 
 TRUTH_FILE = "corruption.parquet"
 TRUTH_SCHEMA = pa.schema([("id", pa.string()), ("task", pa.string()), ("corrupted", pa.bool_())])

@@ -1,175 +1,73 @@
-"""Turn a validated manifest into tensors: inputs, one target tensor per task, normalisation.
+"""The data path: a streaming pass that checks every file, then one instance decoded per item.
 
-Every file the manifest points at is decoded here, before training starts, so an unreadable image
-or a mask of the wrong size is reported with its row id and column instead of failing mid-run.
-Files are decoded with Pillow (torchvision's image backend; torchvision's own decoders are
-deprecated since 0.29) and turned into tensors by torchvision; masks and 16-bit depth PNGs keep
+The card (:mod:`ilt_audit.card`) names a table; the manifest (:mod:`ilt_audit.manifest`) reads it
+and checks every row; this module holds what training reads:
+
+- :func:`load_dataset` keeps in memory only what is the size of the table (feature columns as
+  float32, class indices, regression targets) and, for an image card, runs **one parallel pass**
+  over every file the table names (DataLoader worker processes): each image, mask and depth map is
+  decoded, checked (decodes, sizes match, mask values inside the classes, finite depth) and
+  dropped. The pass streams the normalisation statistics of the training rows (image mean and
+  standard deviation per channel, depth mean and standard deviation) as float64 sums, and stops
+  at the first bad row with its file, row id and column.
+- :meth:`Dataset.instances` is a map-style ``torch.utils.data.Dataset`` over some rows: item ``i``
+  decodes the files of one row, resizes it with torchvision transforms v2 and normalises it.
+  Masks stay uint8 (int16 for more than 256 classes) until they are in a batch on the device.
+- :func:`make_loader` reads it with a ``DataLoader`` (worker processes, pinned memory on CUDA);
+  a batch is a dict ``{"index", "input", "targets", "error"}`` whatever the input type.
+
+Files are decoded with Pillow (torchvision's image backend); masks and 16-bit depth PNGs keep
 their raw values (class indices, counts), never colour-converted.
 
 Example:
     >>> data = load_dataset("sample_manifests/shapes/card.toml")  # doctest: +SKIP
-    >>> data.inputs.shape  # doctest: +SKIP
-    torch.Size([600, 3, 32, 32])
+    >>> batch = next(iter(make_loader(data.instances(data.train_index), batch_size=8)))  # doctest: +SKIP
+    >>> batch["input"].shape  # doctest: +SKIP
+    torch.Size([8, 3, 32, 32])
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2.functional import pil_to_tensor
+from torch.utils.data import DataLoader, default_collate
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
-from ilt_audit.card import Card, Manifest, TaskSpec, load_manifest
+from ilt_audit.card import Card, TaskSpec
 from ilt_audit.errors import CardError
-from ilt_audit.internal.console import track
+from ilt_audit.internal.console import progress
+from ilt_audit.losses import TARGET_DTYPE
+from ilt_audit.manifest import Manifest, load_manifest
+
+SCAN_CHUNK = 64  # rows a worker checks per message of the validation pass
+DECODE_ERRORS = (ValueError, OSError, UnidentifiedImageError)
 
 
-@dataclass
-class Dataset:
-    """All instances of a card in memory, normalised for training.
-
-    Regression targets are z-scored per column and dense-regression maps by one mean and standard
-    deviation over all pixels (statistics of the training rows), so that every task's loss starts
-    near 1 whatever the units of the labels.
-    """
-
-    manifest: Manifest
-    inputs: torch.Tensor  # (N, F) float32 features, or (N, 3, H, W) uint8 images
-    targets: dict[
-        str, torch.Tensor
-    ]  # task -> (N,) int64 | (N, D) float32 | (N, H, W) int64/float32
-    train_index: torch.Tensor  # (N_train,) rows that are trained on
-    val_index: torch.Tensor  # (N_val,) rows held out for validation metrics
-    input_stats: tuple[torch.Tensor, torch.Tensor]  # mean, std used to normalise inputs
-    target_stats: dict[str, tuple[torch.Tensor, torch.Tensor]]  # regression tasks: mean, std
-
-    @property
-    def card(self) -> Card:
-        return self.manifest.card
-
-    @property
-    def ids(self) -> list[str]:
-        return self.manifest.ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def out_features(self, task: TaskSpec) -> int:
-        """Size of the head's output for a task: classes, target columns, or 1 for depth."""
-        if task.type == "classification":
-            return len(self.manifest.class_names[task.name])
-        if task.type == "segmentation":
-            assert isinstance(task.classes, int)
-            return task.classes
-        if task.type == "regression":
-            return len(task.columns)
-        return 1
+def default_workers() -> int:
+    """Worker processes for decoding: one per core the process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
-def load_dataset(card: Card | Manifest | str | Path) -> Dataset:
-    """Validate a card and its manifest and decode every file it names into tensors."""
-    manifest = card if isinstance(card, Manifest) else load_manifest(card)
-    card = manifest.card
-    n = len(manifest.frame)
-    if card.split is not None:
-        is_val = (manifest.frame[card.split] == "val").to_numpy()
-    else:
-        is_val = np.zeros(n, dtype=bool)
-    train_index = torch.from_numpy(np.flatnonzero(~is_val))
-    val_index = torch.from_numpy(np.flatnonzero(is_val))
-    if len(train_index) == 0:
-        raise CardError(f"{card.table_path}: column {card.split!r}: no row has split 'train'")
-
-    if card.input.type == "features":
-        x = torch.from_numpy(
-            manifest.frame[list(manifest.input_columns)].to_numpy(dtype=np.float32, copy=True)
-        )
-        mean, std = _stats(x[train_index], dim=0)
-        inputs = (x - mean) / std
-        input_stats = (mean, std)
-        size = None
-    else:
-        inputs, size, image_sizes = _read_images(manifest)
-        input_stats = _image_stats(inputs[train_index])
-
-    targets: dict[str, torch.Tensor] = {}
-    target_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for task in card.tasks:
-        if task.type == "classification":
-            targets[task.name] = torch.from_numpy(manifest.class_index(task))
-        elif task.type == "regression":
-            y = torch.from_numpy(
-                manifest.frame[list(task.columns)].to_numpy(dtype=np.float32, copy=True)
-            )
-            target_stats[task.name] = _stats(y[train_index], dim=0)
-            targets[task.name] = (y - target_stats[task.name][0]) / target_stats[task.name][1]
-        else:
-            assert size is not None
-            y = _read_dense(manifest, task, size, image_sizes)
-            if task.type == "dense-regression":
-                target_stats[task.name] = _stats(y[train_index].reshape(-1, 1), dim=0)
-                y = (y - target_stats[task.name][0]) / target_stats[task.name][1]
-            targets[task.name] = y
-    return Dataset(manifest, inputs, targets, train_index, val_index, input_stats, target_stats)
-
-
-def _stats(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = x.mean(dim=dim)
-    std = x.std(dim=dim) if x.shape[dim] > 1 else torch.ones_like(mean)
-    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
-
-
-def _image_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).float() / 255.0  # (3, N*H*W)
-    mean, std = _stats(pixels, dim=1)
-    return mean.view(3, 1, 1), std.view(3, 1, 1)
-
-
-def _row_error(manifest: Manifest, row: int, column: str, why: str) -> CardError:
-    row_id = manifest.frame.at[row, manifest.card.id]
-    value = manifest.frame.at[row, column]
-    return CardError(
-        f"{manifest.card.table_path}: row id {row_id!r}: column {column!r}: {why} (file: {value!r})"
-    )
+# --- reading single files ------------------------------------------------------------------
 
 
 def read_image(path: Path) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
     with Image.open(path) as img:
-        return pil_to_tensor(img.convert("RGB"))
-
-
-def _read_images(
-    manifest: Manifest,
-) -> tuple[torch.Tensor, tuple[int, int], list[tuple[int, int]]]:
-    """All images at one size, that size, and each image's own size (dense maps must match it)."""
-    card = manifest.card
-    column = card.input.columns[0]
-    images: list[torch.Tensor] = []
-    size = card.input.size
-    image_sizes: list[tuple[int, int]] = []
-    for row, value in track(
-        manifest.frame[column].items(), "Reading images", total=len(manifest.frame)
-    ):
-        try:
-            image = read_image(manifest.file_path(value))
-        except (ValueError, OSError, UnidentifiedImageError) as exc:
-            raise _row_error(manifest, row, column, f"cannot decode the image ({exc})") from None
-        if size is None:
-            size = (image.shape[1], image.shape[2])
-        image_sizes.append((image.shape[1], image.shape[2]))
-        if (image.shape[1], image.shape[2]) != size:
-            image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[
-                0
-            ]
-            image = image.round().clamp(0, 255).to(torch.uint8)
-        images.append(image)
-    assert size is not None
-    return torch.stack(images), size, image_sizes
+        return TF.pil_to_tensor(img.convert("RGB"))
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -196,49 +94,533 @@ def read_depth(path: Path, scale: float = 1.0) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _read_dense(
-    manifest: Manifest, task: TaskSpec, size: tuple[int, int], image_sizes: list[tuple[int, int]]
-) -> torch.Tensor:
-    maps: list[torch.Tensor] = []
-    column = task.column
-    for row, value in track(
-        manifest.frame[column].items(), f"Reading {task.name}", total=len(manifest.frame)
-    ):
-        path = manifest.file_path(value)
+def mask_dtype(task: TaskSpec) -> torch.dtype:
+    """The smallest type that holds a task's mask values: uint8, else int16."""
+    assert isinstance(task.classes, int)
+    ignore = task.ignore_index
+    if task.classes <= 256 and (ignore is None or 0 <= ignore <= 255):
+        return torch.uint8
+    return torch.int16
+
+
+# --- normalisation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How inputs and targets are normalised: statistics of the training rows.
+
+    Saved in ``config.json`` so that a resumed run and the report's predictions normalise as
+    training did without decoding the data set again.
+    """
+
+    input_mean: tuple[float, ...]  # per feature column, or per image channel (pixels on [0, 1])
+    input_std: tuple[float, ...]
+    targets: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]  # task -> (mean, std)
+    image_size: tuple[int, int] | None = None  # (H, W) every image is resized to
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
+            "targets": {k: [list(m), list(s)] for k, (m, s) in self.targets.items()},
+            "image_size": list(self.image_size) if self.image_size else None,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Normalisation:
+        size = raw.get("image_size")
+        return cls(
+            tuple(raw["input_mean"]),
+            tuple(raw["input_std"]),
+            {k: (tuple(m), tuple(s)) for k, (m, s) in raw["targets"].items()},
+            (int(size[0]), int(size[1])) if size else None,
+        )
+
+    def target(self, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.targets[task]
+        return torch.tensor(mean), torch.tensor(std)
+
+
+def _mean_std(
+    total: np.ndarray, squares: np.ndarray, count: float
+) -> tuple[list[float], list[float]]:
+    """Mean and sample standard deviation from float64 sums; a constant column gets std 1."""
+    mean = total / max(count, 1.0)
+    var = (squares - count * mean**2) / max(count - 1.0, 1.0)
+    std = np.sqrt(np.maximum(var, 0.0))
+    std = np.where(std > 1e-8, std, 1.0)
+    return mean.tolist(), std.tolist()
+
+
+def _column_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-column mean and std of a (N, D) array, in float64."""
+    x = x.astype(np.float64)
+    return _mean_std(x.sum(axis=0), (x * x).sum(axis=0), float(len(x)))
+
+
+# --- one row's files -----------------------------------------------------------------------
+
+
+class RowProblem(Exception):
+    """A file of one row cannot be used; carries the column and the reason."""
+
+    def __init__(self, column: str, why: str) -> None:
+        super().__init__(why)
+        self.column = column
+        self.why = why
+
+
+class RowFiles:
+    """Decodes and checks the files of one manifest row: the image and each dense label.
+
+    Holds the path columns as Arrow arrays (no Python object per row, so forked workers do not
+    copy them page by page).
+    """
+
+    def __init__(self, manifest: Manifest, size: tuple[int, int] | None) -> None:
+        card = manifest.card
+        frame = manifest.frame
+        self.root = card.root
+        self.table = str(card.table_path)
+        self.image_column = card.input.columns[0]
+        self.ids = pa.array(manifest.ids, pa.string())
+        self.paths = {self.image_column: _path_array(frame[self.image_column])}
+        self.dense = tuple(t for t in card.tasks if t.dense)
+        for task in self.dense:
+            self.paths[task.column] = _path_array(frame[task.column])
+        self.size = size
+
+    def message(self, row: int, problem: RowProblem) -> str:
+        value = self.paths[problem.column][row].as_py()
+        return (
+            f"{self.table}: row id {self.ids[row].as_py()!r}: column {problem.column!r}: "
+            f"{problem.why} (file: {value!r})"
+        )
+
+    def path(self, column: str, row: int) -> Path:
+        value = self.paths[column][row].as_py()
+        if not value:
+            raise RowProblem(column, "expected a file path")
+        return self.root / value
+
+    def image(self, row: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The row's image at the common size: (3, H, W) uint8, and its own size."""
+        path = self.path(self.image_column, row)
+        try:
+            image = read_image(path)
+        except FileNotFoundError:
+            raise RowProblem(self.image_column, "file not found") from None
+        except DECODE_ERRORS as exc:
+            raise RowProblem(self.image_column, f"cannot decode the image ({exc})") from None
+        own = (int(image.shape[1]), int(image.shape[2]))
+        if self.size is not None and own != self.size:
+            image = TF.resize(image, list(self.size), antialias=True)
+        return image, own
+
+    def dense_map(self, task: TaskSpec, row: int, own: tuple[int, int]) -> torch.Tensor:
+        """The row's map of a dense task, checked and at the common size: (H, W)."""
+        path = self.path(task.column, row)
         try:
             array = read_mask(path) if task.type == "segmentation" else read_depth(path, task.scale)
-        except (ValueError, OSError, UnidentifiedImageError) as exc:
-            raise _row_error(
-                manifest, row, column, f"cannot read the {task.type} map ({exc})"
-            ) from None
-        if array.shape != image_sizes[row]:
-            raise _row_error(
-                manifest,
-                row,
-                column,
-                f"map is {array.shape[0]}x{array.shape[1]} but the image is "
-                f"{image_sizes[row][0]}x{image_sizes[row][1]}",
+        except FileNotFoundError:
+            raise RowProblem(task.column, "file not found") from None
+        except DECODE_ERRORS as exc:
+            raise RowProblem(task.column, f"cannot read the {task.type} map ({exc})") from None
+        if array.shape != own:
+            raise RowProblem(
+                task.column,
+                f"map is {array.shape[0]}x{array.shape[1]} but the image is {own[0]}x{own[1]}",
             )
         if task.type == "segmentation":
             assert isinstance(task.classes, int)
-            valid = (
-                array != task.ignore_index
-                if task.ignore_index is not None
-                else np.ones_like(array, bool)
-            )
+            valid = array != task.ignore_index if task.ignore_index is not None else True
             outside = valid & ((array < 0) | (array >= task.classes))
             if outside.any():
-                raise _row_error(
-                    manifest,
-                    row,
-                    column,
-                    f"mask value {int(array[outside][0])} is outside the classes 0..{task.classes - 1}",
+                raise RowProblem(
+                    task.column,
+                    f"mask value {int(array[outside][0])} is outside the classes "
+                    f"0..{task.classes - 1}",
                 )
-        elif not np.isfinite(array).all():
-            raise _row_error(manifest, row, column, "the map contains NaN or infinite values")
-        tensor = torch.from_numpy(array)
-        if tuple(array.shape) != size:
-            mode = "nearest" if task.type == "segmentation" else "bilinear"
-            tensor = F.interpolate(tensor[None, None].float(), size=size, mode=mode)[0, 0]
-        maps.append(tensor.long() if task.type == "segmentation" else tensor.float())
-    return torch.stack(maps)
+            tensor = torch.from_numpy(array).to(mask_dtype(task))
+            mode = InterpolationMode.NEAREST
+        else:
+            if not np.isfinite(array).all():
+                raise RowProblem(task.column, "the map contains NaN or infinite values")
+            tensor = torch.from_numpy(array)
+            mode = InterpolationMode.BILINEAR
+        if self.size is not None and own != self.size:
+            tensor = TF.resize(tensor[None], list(self.size), interpolation=mode, antialias=False)[
+                0
+            ]
+        return tensor
+
+    def decode(self, row: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, own = self.image(row)
+        return image, {t.name: self.dense_map(t, row, own) for t in self.dense}
+
+
+def _path_array(column: Any) -> pa.Array:
+    values = [v if isinstance(v, str) else "" for v in column.tolist()]
+    return pa.array(values, pa.string())
+
+
+# --- the validation pass -------------------------------------------------------------------
+
+
+class _FileScan(torch.utils.data.Dataset[tuple[int, str | None, np.ndarray]]):
+    """Item ``row``: decode and check every file of the row; return its statistics, keep nothing.
+
+    Statistics (float64): per channel the sum and sum of squares of pixels on [0, 1], the pixel
+    count, then per dense-regression task the sum, the sum of squares and the count of values.
+    Rows outside training contribute zeros (they are checked all the same).
+    """
+
+    def __init__(self, files: RowFiles, train: np.ndarray) -> None:
+        self.files = files
+        self.train = train  # (N,) bool
+        self.depth = [t for t in files.dense if t.type == "dense-regression"]
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __getitem__(self, row: int) -> tuple[int, str | None, np.ndarray]:
+        stats = np.zeros(7 + 3 * len(self.depth))
+        try:
+            image, maps = self.files.decode(row)
+        except RowProblem as problem:
+            return row, self.files.message(row, problem), stats
+        if self.train[row]:
+            pixels = image.reshape(3, -1).double() / 255.0  # (3, H*W)
+            stats[0:3] = pixels.sum(dim=1).numpy()
+            stats[3:6] = (pixels * pixels).sum(dim=1).numpy()
+            stats[6] = pixels.shape[1]
+            for j, task in enumerate(self.depth):
+                values = maps[task.name].double()
+                stats[7 + 3 * j : 10 + 3 * j] = [
+                    float(values.sum()),
+                    float((values * values).sum()),
+                    values.numel(),
+                ]
+        return row, None, stats
+
+
+def _reduce(items: list[tuple[int, str | None, np.ndarray]]) -> tuple[int, str | None, np.ndarray]:
+    """Sum a chunk's statistics in the worker; keep its first error."""
+    errors = [message for _, message, _ in items if message is not None]
+    total = np.sum([stats for _, _, stats in items], axis=0)
+    return len(items), errors[0] if errors else None, total
+
+
+def scan_files(
+    manifest: Manifest, train: np.ndarray, *, workers: int | None = None
+) -> Normalisation:
+    """Check every file of an image card in one parallel pass; return the image statistics.
+
+    Raises :class:`CardError` naming the file, row id and column of the first bad row (in table
+    order). Nothing is kept but running sums. Dense-regression statistics are returned under the
+    task's name in ``targets``.
+    """
+    card = manifest.card
+    files = RowFiles(manifest, card.input.size)
+    if files.size is None:  # every image takes the first image's size
+        try:
+            files.size = files.image(0)[1]
+        except RowProblem as problem:
+            raise CardError(files.message(0, problem)) from None
+    scan = _FileScan(files, train)
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        scan,
+        batch_size=SCAN_CHUNK,
+        num_workers=min(workers, max(0, len(scan) // SCAN_CHUNK)),
+        collate_fn=_reduce,
+    )
+    total = np.zeros(7 + 3 * len(scan.depth))
+    with progress() as bar:
+        job = bar.add_task("Checking files", total=len(scan), info="")
+        for count, message, stats in loader:
+            if message is not None:
+                raise CardError(message)
+            total += stats
+            bar.advance(job, count)
+    mean, std = _mean_std(total[0:3], total[3:6], total[6])
+    targets = {}
+    for j, task in enumerate(scan.depth):
+        s, sq, n = total[7 + 3 * j : 10 + 3 * j]
+        targets[task.name] = tuple(map(tuple, _mean_std(np.array([s]), np.array([sq]), n)))
+    return Normalisation(tuple(mean), tuple(std), targets, files.size)  # type: ignore[arg-type]
+
+
+# --- the dataset ---------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """A validated data set: what stays in memory, the normalisation, and per-item decoding.
+
+    In memory: the table's columns that training reads (features as float32, class indices,
+    regression targets, normalised). Pixels are decoded per item by :meth:`instances`.
+    """
+
+    manifest: Manifest
+    train_index: np.ndarray  # (N_train,) int64 rows of the manifest that are trained on
+    val_index: np.ndarray  # (N_val,) rows held out for validation metrics
+    norm: Normalisation
+    table: dict[str, torch.Tensor]  # "input" (N, F) features; task -> (N,) int64 | (N, D) float32
+
+    @property
+    def card(self) -> Card:
+        return self.manifest.card
+
+    @property
+    def ids(self) -> list[str]:
+        return self.manifest.ids
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def in_features(self) -> int:
+        """Feature columns of a features card; image channels (3) otherwise."""
+        return len(self.norm.input_mean)
+
+    def out_features(self, task: TaskSpec) -> int:
+        """Size of the head's output for a task: classes, target columns, or 1 for depth."""
+        if task.type == "classification":
+            return len(self.manifest.class_names[task.name])
+        if task.type == "segmentation":
+            assert isinstance(task.classes, int)
+            return task.classes
+        if task.type == "regression":
+            return len(task.columns)
+        return 1
+
+    def instances(self, rows: np.ndarray | Sequence[int]) -> Instances:
+        """A map-style torch dataset over ``rows`` of the manifest; item ``i`` is ``rows[i]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.card.input.type == "features":
+            return TableInstances(self, rows)
+        return ImageInstances(self, rows)
+
+
+class Instances(torch.utils.data.Dataset[dict[str, Any]]):
+    """Items are positions ``i`` into ``rows``; a batch carries them as ``index`` (ILT's rows)."""
+
+    decodes = False  # whether items read files (and so are worth worker processes)
+
+    def __init__(self, data: Dataset, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.tasks = data.card.tasks
+        self.table = dict(data.table)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def collate(self, items: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class TableInstances(Instances):
+    """Features in memory: a batch is gathered in one indexing step (``__getitems__``)."""
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, positions: list[int]) -> dict[str, Any]:
+        index = torch.as_tensor(positions, dtype=torch.long)  # (B,)
+        rows = torch.from_numpy(self.rows[index.numpy()])
+        return {
+            "index": index,
+            "input": self.table["input"][rows],  # (B, F)
+            "targets": {t.name: self.table[t.name][rows] for t in self.tasks},
+            "error": [],
+        }
+
+    def collate(self, items: Any) -> dict[str, Any]:
+        return items  # __getitems__ already built the batch
+
+
+class ImageInstances(Instances):
+    """Images (and dense labels) decoded per item, resized and normalised with transforms v2."""
+
+    decodes = True
+
+    def __init__(self, data: Dataset, rows: np.ndarray) -> None:
+        super().__init__(data, rows)
+        self.files = RowFiles(data.manifest, data.norm.image_size)
+        self.mean = list(data.norm.input_mean)
+        self.std = list(data.norm.input_std)
+        self.depth = {
+            t.name: data.norm.targets[t.name] for t in self.tasks if t.type == "dense-regression"
+        }
+        self.blank = {t.name: self._blank(t) for t in self.tasks}
+
+    def _blank(self, task: TaskSpec) -> torch.Tensor:
+        """A placeholder target of the right shape and type, for an item whose file failed."""
+        if not task.dense:
+            return torch.zeros_like(self.table[task.name][0])
+        size = self.files.size
+        assert size is not None
+        dtype = mask_dtype(task) if task.type == "segmentation" else torch.float32
+        return torch.zeros(size, dtype=dtype)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = int(self.rows[i])
+        targets = {t.name: self.table[t.name][row] for t in self.tasks if not t.dense}
+        try:
+            image, maps = self.files.decode(row)
+        except RowProblem as problem:  # a file changed since the validation pass
+            size = self.files.size
+            assert size is not None
+            return {
+                "index": i,
+                "input": torch.zeros(3, *size),
+                "targets": {t.name: self.blank[t.name] for t in self.tasks},
+                "error": self.files.message(row, problem),
+            }
+        x = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+        for name, value in maps.items():
+            if name in self.depth:
+                (mean,), (std,) = self.depth[name]
+                value = (value - mean) / std
+            targets[name] = value
+        return {"index": i, "input": x, "targets": targets, "error": ""}
+
+    def collate(self, items: Any) -> dict[str, Any]:
+        return default_collate(items)
+
+
+class EpochBatches:
+    """The batches of one epoch: a permutation seeded by ``(seed, epoch)``, cut in batches.
+
+    As with torch's ``DistributedSampler``, :meth:`set_epoch` is called before each epoch and the
+    order depends on nothing else, so a resumed run sees the batches an uninterrupted one would.
+    A last batch of one joins the previous one (batch norm cannot train on one instance).
+    ``shuffle=False`` gives the rows in order (evaluation).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int = 0, shuffle: bool = True) -> None:
+        self.n = n
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _chunks(self) -> list[torch.Tensor]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        chunks = list(torch.split(order, self.batch_size))
+        if len(chunks) > 1 and len(chunks[-1]) == 1:
+            chunks[-2:] = [torch.cat(chunks[-2:])]
+        return chunks
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for chunk in self._chunks():
+            yield chunk.tolist()
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
+def to_device(
+    batch: dict[str, Any], tasks: tuple[TaskSpec, ...], device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A batch's input and targets on ``device``; masks become int64 only there."""
+    x = batch["input"].to(device, non_blocking=True)  # (B, F) or (B, 3, H, W), normalised
+    targets = {
+        t.name: batch["targets"][t.name].to(device, non_blocking=True).to(TARGET_DTYPE[t.type])
+        for t in tasks
+    }
+    return x, targets
+
+
+def make_loader(
+    instances: Instances,
+    batches: EpochBatches | None = None,
+    *,
+    batch_size: int = 256,
+    workers: int | None = None,
+    device: torch.device | None = None,
+) -> DataLoader[dict[str, Any]]:
+    """A DataLoader over ``instances``: worker processes when items decode files, pinned memory
+    on CUDA. Without ``batches`` the rows come in order, ``batch_size`` at a time."""
+    batches = batches or EpochBatches(len(instances), batch_size, shuffle=False)
+    workers = (default_workers() if workers is None else workers) if instances.decodes else 0
+    workers = min(workers, len(batches))
+    return DataLoader(
+        instances,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=instances.collate,
+        pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+def load_dataset(
+    card: Card | Manifest | str | Path,
+    *,
+    workers: int | None = None,
+    norm: Normalisation | None = None,
+    scan: bool = True,
+) -> Dataset:
+    """Validate a card, its manifest and every file it names; keep the table-sized columns.
+
+    ``norm`` reuses saved statistics (a resumed run, the report's predictions) instead of the
+    ones of this pass; ``scan=False`` skips the file pass (then ``norm`` is required for images).
+    """
+    manifest = card if isinstance(card, Manifest) else load_manifest(card, check_files=False)
+    card = manifest.card
+    frame = manifest.frame
+    n = len(frame)
+    is_val = (
+        (frame[card.split] == "val").to_numpy() if card.split is not None else np.zeros(n, bool)
+    )
+    train_index = np.flatnonzero(~is_val)
+    if len(train_index) == 0:
+        raise CardError(f"{card.table_path}: column {card.split!r}: no row has split 'train'")
+
+    table: dict[str, torch.Tensor] = {}
+    targets: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+    for task in card.tasks:
+        if task.type == "classification":
+            table[task.name] = torch.from_numpy(manifest.class_index(task))
+        elif task.type == "regression":
+            y = frame[list(task.columns)].to_numpy(dtype=np.float32)
+            mean, std = _column_stats(y[train_index])
+            targets[task.name] = (tuple(mean), tuple(std))
+            if norm is not None:
+                mean, std = map(list, norm.targets[task.name])
+            table[task.name] = torch.from_numpy(
+                ((y - np.float32(mean)) / np.float32(std)).astype(np.float32)
+            )
+
+    if card.input.type == "features":
+        x = frame[list(manifest.input_columns)].to_numpy(dtype=np.float32)
+        mean, std = _column_stats(x[train_index])
+        found = Normalisation(tuple(mean), tuple(std), targets)
+        use = norm or found
+        table["input"] = torch.from_numpy(
+            ((x - np.float32(use.input_mean)) / np.float32(use.input_std)).astype(np.float32)
+        )
+    else:
+        train = np.zeros(n, bool)
+        train[train_index] = True
+        if scan:
+            found = scan_files(manifest, train, workers=workers)
+            found = Normalisation(
+                found.input_mean, found.input_std, {**targets, **found.targets}, found.image_size
+            )
+        elif norm is None:
+            raise ValueError("scan=False needs the saved normalisation")
+        else:
+            found = norm
+    return Dataset(manifest, train_index, np.flatnonzero(is_val), norm or found, table)

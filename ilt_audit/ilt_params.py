@@ -46,9 +46,9 @@ class InstanceParams:
         return self.log_sigma2.device
 
     def gather(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The batch's rows as a fresh leaf tensor on ``device`` that collects gradients: (B, K)."""
+        """The batch's rows, copied to ``device``: (B, K). Only these rows travel."""
         rows = self.log_sigma2[index.to(self.device)]
-        return rows.to(device).requires_grad_(True)
+        return rows.to(device, non_blocking=True)
 
     @torch.no_grad()
     def step(self, index: torch.Tensor, grad: torch.Tensor) -> None:

@@ -57,6 +57,15 @@ LIKELIHOOD = {
 }
 
 
+# The type a task's target has in a batch on the device (masks travel as uint8/int16).
+TARGET_DTYPE = {
+    "classification": torch.int64,
+    "segmentation": torch.int64,
+    "regression": torch.float32,
+    "dense-regression": torch.float32,
+}
+
+
 def likelihood_scale(tasks: tuple[TaskSpec, ...]) -> torch.Tensor:
     """The factor in front of ``l / σ²`` per task: 1 for eq. (4), 1/2 for eq. (2). Shape (K,)."""
     return torch.tensor([1.0 if LIKELIHOOD[t.type] == "cls" else 0.5 for t in tasks])

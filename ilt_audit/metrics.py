@@ -6,29 +6,27 @@ applied for training is undone).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ilt_audit.card import TaskSpec
-from ilt_audit.data import Dataset
+from ilt_audit.data import Dataset, to_device
 from ilt_audit.losses import IGNORE
 
 
 class _Evaluable(Protocol):
     data: Dataset
     model: nn.Module
-    config: Any
+    device: torch.device
 
-    def inputs(self, rows: torch.Tensor) -> torch.Tensor: ...
-
-    def targets(self, rows: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 def _unscale(data: Dataset, task: TaskSpec, y: torch.Tensor) -> torch.Tensor:
-    mean, std = data.target_stats[task.name]
+    mean, std = data.norm.target(task.name)
     return y * std.to(y) + mean.to(y)
 
 
@@ -54,7 +52,7 @@ def _confusion(task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor
     pred, true = out.argmax(dim=1)[valid], y[valid]
     c = task.classes
     counts = torch.bincount(true * c + pred, minlength=c * c).reshape(c, c)  # (C true, C pred)
-    return {"confusion": counts}
+    return {"confusion": counts.cpu()}
 
 
 _PARTS: dict[str, Callable[[TaskSpec, Dataset, torch.Tensor, torch.Tensor], dict[str, Any]]] = {
@@ -78,17 +76,18 @@ def _finish(task: TaskSpec, totals: dict[str, Any]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def task_metrics(run: _Evaluable, rows: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Per task, the quality of the model's predictions on ``rows`` of the dataset."""
+def task_metrics(run: _Evaluable, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per task, the quality of the model's predictions on the rows ``loader`` reads."""
     run.model.eval()
+    tasks = run.data.card.tasks
     totals: dict[str, dict[str, Any]] = {}
-    for batch in torch.split(rows, 256):
-        outputs = run.model(run.inputs(batch))
-        targets = run.targets(batch)
-        for task in run.data.card.tasks:
+    for batch in loader:
+        x, targets = to_device(batch, tasks, run.device)
+        outputs = run.forward(x)
+        for task in tasks:
             part = _PARTS[task.type](task, run.data, outputs[task.name].float(), targets[task.name])
             acc = totals.setdefault(task.name, {})
             for key, value in part.items():
                 acc[key] = acc[key] + value if key in acc else value
     run.model.train()
-    return {task.name: _finish(task, totals[task.name]) for task in run.data.card.tasks}
+    return {task.name: _finish(task, totals[task.name]) for task in tasks}

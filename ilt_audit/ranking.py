@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ilt_audit.card import Manifest, load_manifest
 from ilt_audit.errors import CardError, OptionError, RunDirError
+from ilt_audit.manifest import Manifest, load_manifest
 from ilt_audit.rundir import read_config
 from ilt_audit.trajectories import read_trajectories
 
@@ -91,7 +91,7 @@ def run_manifest(run_dir: Path, purpose: str) -> Manifest:
     """The manifest of the card a run was trained on; ``purpose`` says why, in the error."""
     config = read_config(run_dir)
     try:
-        return load_manifest(config["card"]["path"])
+        return load_manifest(config["card"]["path"], check_files=False)
     except CardError as exc:
         raise RunDirError(
             f"{run_dir}: cannot read the run's dataset card {purpose}: {exc}"

@@ -36,12 +36,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ilt_audit import __version__
-from ilt_audit.card import Manifest, TaskSpec
+from ilt_audit.card import TaskSpec
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import OptionError, RunDirError
 from ilt_audit.evaluation import evaluate
 from ilt_audit.gate import LOG_SCORES, SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
 from ilt_audit.internal.files import write_text_atomic
+from ilt_audit.manifest import Manifest
 from ilt_audit.ranking import run_manifest
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics
 from ilt_audit.trajectories import read_trajectories
@@ -130,12 +131,14 @@ def _predict(page: _Page) -> dict[str, dict[str, Any]]:
     """The model's output for the instances the tables show, per task, in the label's units.
 
     The model is rebuilt as training built it and loaded from ``checkpoint.pt`` with
-    ``weights_only=True``; the dataset is decoded again for the inputs' normalisation. When that
-    is impossible (no checkpoint, the card changed) the page says why and shows labels only.
+    ``weights_only=True``; only the shown instances are decoded, normalised with the statistics
+    saved in ``config.json`` (runs from before 0.2 have none: their data set is scanned again).
+    When that is impossible (no checkpoint, the card changed) the page says why and shows labels
+    only.
     """
     import torch
 
-    from ilt_audit.data import load_dataset
+    from ilt_audit.data import Normalisation, load_dataset
     from ilt_audit.training import predict
 
     path = page.run_dir / CHECKPOINT
@@ -152,16 +155,20 @@ def _predict(page: _Page) -> dict[str, dict[str, Any]]:
         )
         return {}
     shown = _shown(page)
-    data = load_dataset(page.manifest)
-    position = {instance: i for i, instance in enumerate(data.ids)}
-    rows = torch.tensor([position[i] for i in shown["id"].unique()], dtype=torch.long)
+    saved = page.config.get("normalisation")
+    if saved:
+        data = load_dataset(page.manifest, norm=Normalisation.from_dict(saved), scan=False)
+    else:
+        data = load_dataset(page.manifest)
+    wanted = pd.Index(shown["id"].unique())
+    rows = torch.from_numpy(pd.Index(data.ids).get_indexer(wanted).astype("int64"))
     try:
         outputs = predict(page.run_dir, data, rows)
     except RunDirError as exc:
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])[:200]  # no terminal codes
         page.notes.append(f"The model could not be loaded ({reason}); predictions are not shown.")
         return {}
-    ids = [data.ids[i] for i in rows.tolist()]
+    ids = wanted.tolist()
     result: dict[str, dict[str, Any]] = {}
     for task in card.tasks:
         decoded = _DECODE[task.type](task, data, outputs[task.name])
@@ -175,7 +182,7 @@ def _shown(page: _Page) -> pd.DataFrame:
 
 
 def _unscale(task: TaskSpec, data: Any, y: Any) -> np.ndarray:
-    mean, std = data.target_stats[task.name]
+    mean, std = data.norm.target(task.name)
     return (y * std + mean).numpy()
 
 

@@ -28,8 +28,15 @@ from torch import nn
 
 from ilt_audit import __version__
 from ilt_audit.card import Card, load_card
-from ilt_audit.data import Dataset, load_dataset
-from ilt_audit.errors import OptionError, RunDirError, TrainingDiverged
+from ilt_audit.data import (
+    Dataset,
+    EpochBatches,
+    Normalisation,
+    load_dataset,
+    make_loader,
+    to_device,
+)
+from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
 from ilt_audit.ilt_params import InstanceParams, storage_device
 from ilt_audit.internal.console import progress
 from ilt_audit.internal.files import write_atomic
@@ -37,7 +44,7 @@ from ilt_audit.losses import instance_losses, likelihood_scale
 from ilt_audit.metrics import task_metrics
 from ilt_audit.model import ModelConfig, build_model
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics, write_config, write_metrics
-from ilt_audit.trajectories import epoch_files, write_epoch
+from ilt_audit.trajectories import TrajectoryWriter, epoch_files
 from ilt_audit.weighting import (
     WEIGHTINGS,
     DWAWeighting,
@@ -46,7 +53,8 @@ from ilt_audit.weighting import (
     check_weighting,
 )
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: batches seeded per epoch, no shuffle generator state
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class TrainConfig:
     dwa_temperature: float = 2.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = (
+        "auto"  # auto (bf16 autocast on CUDA when supported, else fp32) | fp32 | bf16 | fp16
+    )
+    workers: int | None = None  # decoding processes for image cards; None: one per core, at most 8
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def check(self) -> TrainConfig:
@@ -79,7 +91,13 @@ class TrainConfig:
                 raise OptionError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
-        resolve_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise OptionError(
+                f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        if self.workers is not None and self.workers < 0:
+            raise OptionError(f"--workers must be 0 or more, got {self.workers}")
+        resolve_precision(self.precision, resolve_device(self.device))
         return self
 
 
@@ -107,6 +125,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type for the forward pass, or None for plain fp32.
+
+    ``auto`` is bf16 on a CUDA device that supports it and fp32 everywhere else; fp16 needs CUDA.
+    Losses, ILT parameters and optimizer state stay fp32 whatever the precision.
+    """
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if name == "fp16" and device.type != "cuda":
+        raise OptionError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -120,15 +152,16 @@ def config_from_dict(options: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**options)
 
 
-def model_inputs(
-    data: Dataset, rows: torch.Tensor, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """The network's input for some rows: images scaled and normalised, features as loaded."""
-    x = data.inputs[rows].to(device)
-    if x.dtype == torch.uint8:
-        mean, std = data.input_stats
-        return (x.float() / 255.0 - mean.to(device)) / std.to(device)  # (B, 3, H, W)
-    return x  # (B, F), standardised when loaded
+def build_network(data: Dataset, config: TrainConfig) -> nn.Module:
+    """The network for a data set: one head per task, sized by the data."""
+    heads = {t.name: data.out_features(t) for t in data.card.tasks}
+    return build_model(data.card.input.type, data.in_features, data.card.tasks, heads, config.model)
+
+
+def saved_normalisation(run_dir: str | Path) -> Normalisation | None:
+    """The normalisation a run was trained with, from its ``config.json`` (None before 0.2)."""
+    raw = read_config(run_dir).get("normalisation")
+    return Normalisation.from_dict(raw) if raw else None
 
 
 @torch.no_grad()
@@ -136,15 +169,14 @@ def predict(run_dir: str | Path, data: Dataset, rows: torch.Tensor) -> dict[str,
     """The outputs of a finished run's network on some rows: task -> (R, out) logits or values.
 
     The network is rebuilt as training built it and loaded from ``checkpoint.pt`` with
-    ``weights_only=True``. ``data`` must be loaded from the card the run was trained on, so that
-    the inputs are normalised the same way. Regression outputs are in normalised units.
+    ``weights_only=True``. ``data`` must be loaded from the card the run was trained on with the
+    run's normalisation (:func:`saved_normalisation`); only ``rows`` are decoded. Regression
+    outputs are in normalised units.
     """
     state = load_checkpoint(Path(run_dir) / CHECKPOINT)
     try:
         config = config_from_dict(state["config"]["options"])
-        tasks = data.card.tasks
-        heads = {t.name: data.out_features(t) for t in tasks}
-        model = build_model(data.card.input.type, data.inputs.shape[1], tasks, heads, config.model)
+        model = build_network(data, config)
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -152,26 +184,34 @@ def predict(run_dir: str | Path, data: Dataset, rows: torch.Tensor) -> dict[str,
             f"{run_dir}: the checkpoint does not fit this dataset: {first_line}"
         ) from None
     model.eval()
+    tasks = data.card.tasks
     parts: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
-    for batch in torch.split(rows, 256):
-        for name, out in model(model_inputs(data, batch)).items():
+    for batch in make_loader(data.instances(rows.numpy()), batch_size=256, workers=0):
+        _raise_file_error(batch, "")
+        x, _ = to_device(batch, tasks, torch.device("cpu"))
+        for name, out in model(x).items():
             parts[name].append(out.float())
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
+def _raise_file_error(batch: dict[str, Any], kept: str) -> None:
+    """A file that changed since the validation pass stops the work with its row and column."""
+    errors = [message for message in batch["error"] if message]
+    if errors:
+        raise CardError(errors[0] + kept)
+
+
 class _Run:
-    """The state of one training run: data, model, weighting, optimizer, RNG."""
+    """The state of one training run: data, loader, model, weighting, optimizer."""
 
     def __init__(self, data: Dataset, config: TrainConfig, device: torch.device) -> None:
         self.data = data
         self.config = config
         self.device = device
         self.tasks = data.card.tasks
-        heads = {t.name: data.out_features(t) for t in self.tasks}
+        self.autocast = resolve_precision(config.precision, device)
         set_seed(config.seed)
-        self.model = build_model(
-            data.card.input.type, data.inputs.shape[1], self.tasks, heads, config.model
-        ).to(device)
+        self.model = build_network(data, config).to(device)
         scale = likelihood_scale(self.tasks)
         n, k = len(data.train_index), len(self.tasks)
         self.params: InstanceParams | None = None
@@ -196,21 +236,29 @@ class _Run:
             lr=config.lr,
             weight_decay=config.weight_decay,
         )
-        self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.scaler = torch.amp.GradScaler(device.type) if self.autocast is torch.float16 else None
+        self.batches = EpochBatches(n, config.batch_size, seed=config.seed)
+        self.loader = make_loader(
+            data.instances(data.train_index), self.batches, workers=config.workers, device=device
+        )
+        self.val_loader = (
+            make_loader(
+                data.instances(data.val_index),
+                batch_size=256,
+                workers=config.workers,
+                device=device,
+            )
+            if len(data.val_index)
+            else None
+        )
 
-    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
-        return model_inputs(self.data, rows, self.device)
-
-    def targets(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: y[rows].to(self.device) for name, y in self.data.targets.items()}
-
-    def batches(self) -> list[torch.Tensor]:
-        """Positions into the training rows for each batch; a last batch of one joins the previous."""
-        order = torch.randperm(len(self.data.train_index), generator=self.shuffle)
-        chunks = list(torch.split(order, self.config.batch_size))
-        if len(chunks) > 1 and len(chunks[-1]) == 1:
-            chunks[-2:] = [torch.cat(chunks[-2:])]
-        return chunks
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's outputs, under autocast when a lower precision is asked for."""
+        if self.autocast is None:
+            return self.model(x)  # type: ignore[no-any-return]
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            outputs = self.model(x)
+        return {name: out.float() for name, out in outputs.items()}
 
     def state_dict(self, epoch: int, config_json: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -221,7 +269,8 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
             "ilt": self.params.state_dict() if self.params is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": {"torch": torch.get_rng_state()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -230,8 +279,9 @@ class _Run:
         self.weighting.load_state_dict(state["weighting"])
         if self.params is not None:
             self.params.load_state_dict(state["ilt"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.shuffle.set_state(state["rng"]["shuffle"])
 
 
 def _config_json(
@@ -245,6 +295,7 @@ def _config_json(
         "class_names": {k: list(v) for k, v in data.manifest.class_names.items()},
         "instances": {"train": len(data.train_index), "val": len(data.val_index)},
         "model": "MLP" if card.input.type == "features" else "MultiTaskUNet",
+        "normalisation": data.norm.to_dict(),
         "versions": {
             "ilt_audit": __version__,
             "torch": str(torch.__version__),
@@ -285,12 +336,13 @@ def train(
     """Train on a dataset card and write the run directory ``out``.
 
     With ``resume=True`` the run continues from its checkpoint with its saved options; ``config``
-    may then only change ``epochs`` (to train longer) and ``device``.
+    may then only change ``epochs`` (to train longer), ``device`` and ``workers``.
     """
     out = Path(out)
     card = card if isinstance(card, Card) else load_card(card)
     _prepare_out(out, resume)
     state: dict[str, Any] | None = None
+    saved_norm: Normalisation | None = None
     if resume:
         saved = read_config(out)
         if saved["card"]["sha256"] != card.sha256():
@@ -300,12 +352,16 @@ def train(
             )
         base = config_from_dict(saved["options"])
         given = config or base
-        config = dataclasses.replace(base, epochs=given.epochs, device=given.device)
+        config = dataclasses.replace(
+            base, epochs=given.epochs, device=given.device, workers=given.workers
+        )
         state = load_checkpoint(out / CHECKPOINT)
+        saved_norm = saved_normalisation(out)
     config = (config or TrainConfig()).check()
     device = resolve_device(config.device)
 
-    data = load_dataset(card)  # validates every row and file before anything is written
+    # validates every row and file before anything is written; a resumed run keeps its statistics
+    data = load_dataset(card, workers=config.workers, norm=saved_norm)
     run = _Run(data, config, device)
     config_json = _config_json(card, data, config, device)
     metrics: list[dict[str, Any]] = []
@@ -327,46 +383,67 @@ def train(
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
+    writer = TrajectoryWriter(
+        out, [data.ids[i] for i in data.train_index], [t.name for t in run.tasks]
+    )
     for epoch in range(start_epoch, config.epochs + 1):
-        row = _train_epoch(run, epoch, config.epochs)
-        _write_epoch(out, run, epoch, row, metrics, config_json)
+        row, last_loss = _train_epoch(run, epoch, config.epochs)
+        _write_epoch(out, run, writer, epoch, row, last_loss, metrics, config_json)
         if on_epoch is not None:
             on_epoch(row)
     return TrainResult(out, config.epochs, metrics)
 
 
-def _train_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, Any]:
+def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """One pass over the training rows; returns the metrics row and each instance's last loss."""
     data, tasks = run.data, run.tasks
     n, k = len(data.train_index), len(tasks)
     run.model.train()
     last_loss = torch.zeros(n, k)  # (N, K): each instance's unweighted loss this epoch
+    loss_sum = torch.zeros(k, device=run.device)  # (K,) running sum, for the progress bar
+    seen = 0
+    kept = f"; the {epoch - 1} finished epoch(s) are kept"
+    run.batches.set_epoch(epoch)
     started = time.perf_counter()
-    batches = run.batches()
+    shown = started
     with progress() as bar:
-        job = bar.add_task(f"Epoch {epoch}/{epochs}", total=len(batches), info="")
-        for step, positions in enumerate(batches, start=1):
-            rows = data.train_index[positions]
-            outputs = run.model(run.inputs(rows))
-            l = instance_losses(tasks, outputs, run.targets(rows))  # (B, K)
+        job = bar.add_task(f"Epoch {epoch}/{epochs}", total=len(run.batches), info="")
+        for step, batch in enumerate(run.loader, start=1):
+            _raise_file_error(batch, kept)
+            positions = batch["index"]  # (B,) rows of the ILT table
+            x, targets = to_device(batch, tasks, run.device)
+            l = instance_losses(tasks, run.forward(x), targets)  # (B, K)
             loss = run.weighting(l, positions)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"epoch {epoch}, batch {step}: the training loss became {loss.item()}; "
-                    f"the {epoch - 1} finished epoch(s) are kept. Try a lower --lr or --ilt-lr."
+                    f"epoch {epoch}, batch {step}: the training loss became {loss.item()}{kept}. "
+                    "Try a lower --lr or --ilt-lr."
                 )
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
-            run.optimizer.step()
+            if run.scaler is None:
+                loss.backward()
+                nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+                run.optimizer.step()
+            else:  # fp16: scale the loss, unscale before clipping
+                run.scaler.scale(loss).backward()
+                run.scaler.unscale_(run.optimizer)
+                nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
             run.weighting.after_backward()
-            last_loss[positions] = l.detach().cpu()
-            if step % 5 == 0 or step == len(batches):
-                means = last_loss.mean(dim=0)
+            l = l.detach()
+            last_loss[positions] = l.cpu()
+            loss_sum += l.sum(dim=0)
+            seen += len(positions)
+            now = time.perf_counter()
+            if now - shown > 0.5 or step == len(run.batches):
+                shown = now
+                means = (loss_sum / seen).tolist()
                 bar.update(
                     job,
+                    completed=step,
                     info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
                 )
-            bar.advance(job)
     seconds = time.perf_counter() - started
     mean_losses = last_loss.mean(dim=0)  # (K,)
     run.weighting.end_epoch(mean_losses)
@@ -376,22 +453,21 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, Any]:
         "time_s": round(seconds, 4),
         "samples_per_s": round(n / seconds, 2) if seconds > 0 else None,
     }
-    if len(data.val_index):
-        row["val"] = task_metrics(run, data.val_index)
-    row["_last_loss"] = last_loss
-    return row
+    if run.val_loader is not None:
+        row["val"] = task_metrics(run, run.val_loader)
+    return row, last_loss
 
 
 def _write_epoch(
     out: Path,
     run: _Run,
+    writer: TrajectoryWriter,
     epoch: int,
     row: dict[str, Any],
+    last_loss: torch.Tensor,
     metrics: list[dict[str, Any]],
     config_json: dict[str, Any],
 ) -> None:
-    last_loss: torch.Tensor = row.pop("_last_loss")
-    data = run.data
     if run.params is not None:
         log_sigma2 = run.params.log_sigma2.cpu().numpy()
     else:
@@ -399,8 +475,7 @@ def _write_epoch(
         log_sigma2 = np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
         if isinstance(shared, torch.Tensor):
             log_sigma2[:] = shared.detach().cpu().numpy()
-    train_ids = [data.ids[i] for i in data.train_index.tolist()]
-    write_epoch(out, epoch, train_ids, [t.name for t in run.tasks], log_sigma2, last_loss.numpy())
+    writer.write(epoch, log_sigma2, last_loss.numpy())
     metrics.append(row)
     write_metrics(out, metrics)
     state = run.state_dict(epoch, config_json)

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -30,6 +31,7 @@ SCHEMA = pa.schema(
         ("loss", pa.float32()),
     ]
 )
+KEYS_METADATA = b"ilt_audit.row_order"  # fingerprint of the (id, task) row order
 _FILE = re.compile(r"^epoch-(\d{4,})(?:-rank(\d+))?\.parquet$")
 
 
@@ -42,6 +44,65 @@ def epoch_file(run_dir: Path, epoch: int, rank: int | None = None) -> Path:
     return trajectories_dir(run_dir) / f"epoch-{epoch:04d}{suffix}.parquet"
 
 
+class TrajectoryWriter:
+    """Writes a run's epochs: the ``id`` and ``task`` columns are built once, as Arrow arrays.
+
+    Each epoch then costs two float columns and one Parquet write, whatever N is. Rows are
+    instance-major, in the order of ``ids`` (row ``i·K + k`` is instance ``i``, task ``k``); the
+    file's metadata carries a fingerprint of that order so that readers can line epochs up without
+    joining on the ids.
+    """
+
+    def __init__(self, run_dir: Path, ids: list[str] | pa.Array, tasks: list[str]) -> None:
+        self.run_dir = Path(run_dir)
+        id_array = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+        n, k = len(id_array), len(tasks)
+        self.shape = (n, k)
+        self.ids = id_array.take(pa.array(np.repeat(np.arange(n, dtype=np.int64), k)))
+        task_index = pa.array(np.tile(np.arange(k, dtype=np.int32), n))
+        self.tasks = pa.DictionaryArray.from_arrays(task_index, pa.array(tasks, pa.string())).cast(
+            pa.string()
+        )
+        self.metadata = {KEYS_METADATA: _fingerprint(id_array, tasks)}
+
+    def write(
+        self,
+        epoch: int,
+        log_sigma2: np.ndarray,
+        loss: np.ndarray,
+        rank: int | None = None,
+    ) -> Path:
+        """Write one epoch's (N, K) ``log σ²`` and losses, atomically."""
+        if log_sigma2.shape != self.shape or loss.shape != self.shape:
+            raise ValueError(
+                f"expected ({self.shape}) arrays, got {log_sigma2.shape}, {loss.shape}"
+            )
+        rows = self.shape[0] * self.shape[1]
+        table = pa.Table.from_arrays(
+            [
+                pa.array(np.full(rows, epoch, dtype=np.int32)),
+                self.ids,
+                self.tasks,
+                pa.array(np.ascontiguousarray(log_sigma2, dtype=np.float32).reshape(-1)),
+                pa.array(np.ascontiguousarray(loss, dtype=np.float32).reshape(-1)),
+            ],
+            schema=SCHEMA.with_metadata(self.metadata),
+        )
+        path = epoch_file(self.run_dir, epoch, rank)
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+
+def _fingerprint(ids: pa.Array, tasks: list[str]) -> str:
+    """A hash of the row order (ids, then tasks): equal fingerprints mean rows line up."""
+    digest = hashlib.sha256()
+    for buffer in pa.concat_arrays([ids, pa.array(tasks, pa.string())]).buffers():
+        if buffer is not None:
+            digest.update(buffer)
+    digest.update(f"{len(ids)}:{len(tasks)}".encode())
+    return digest.hexdigest()
+
+
 def write_epoch(
     run_dir: Path,
     epoch: int,
@@ -52,20 +113,7 @@ def write_epoch(
     rank: int | None = None,
 ) -> Path:
     """Write one epoch's (N, K) ``log σ²`` and losses as a tidy table, atomically."""
-    n, k = log_sigma2.shape
-    table = pa.table(
-        {
-            "epoch": pa.array(np.full(n * k, epoch, dtype=np.int32)),
-            "id": pa.array(np.repeat(np.asarray(ids, dtype=object), k), pa.string()),
-            "task": pa.array(np.tile(np.asarray(tasks, dtype=object), n), pa.string()),
-            "log_sigma2": pa.array(log_sigma2.astype(np.float32).reshape(-1)),
-            "loss": pa.array(loss.astype(np.float32).reshape(-1)),
-        },
-        schema=SCHEMA,
-    )
-    path = epoch_file(run_dir, epoch, rank)
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
-    return path
+    return TrajectoryWriter(run_dir, ids, tasks).write(epoch, log_sigma2, loss, rank)
 
 
 def epoch_files(run_dir: Path) -> dict[int, list[Path]]:

@@ -51,28 +51,34 @@ class EqualWeighting(Weighting):
 
 
 class ILTWeighting(Weighting):
-    """Instance-level task parameters: one ``log σ²`` per instance per task (paper eq. 1, 6)."""
+    """Instance-level task parameters: one ``log σ²`` per instance per task (paper eq. 1, 6).
+
+    The parameters are not trained by autograd: their gradient has a closed form,
+    ``∂L_i/∂s_i = 1 − scale·l·e^(−s)`` (eq. 2 and 4 differentiated), computed from the batch's
+    detached losses after ``backward()``. The network's loss is the same as with autograd; the
+    sparse update (:class:`ilt_audit.ilt_params.InstanceParams`) then costs a few element-wise
+    operations on (B, K) tensors per step.
+    """
 
     name = "ilt"
 
     def __init__(self, scale: torch.Tensor, params: InstanceParams) -> None:
         super().__init__(scale)
         self.params = params
-        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        log_sigma2 = self.params.gather(index, l.device)  # (B, K) leaf
-        self._batch = (index, log_sigma2)
-        return nll(l, log_sigma2, self.scale).sum(dim=1).mean()  # eq. (1)
+        log_sigma2 = self.params.gather(index, l.device)  # (B, K), no gradient
+        weight = self.scale * torch.exp(-log_sigma2)  # (B, K): scale / σ²
+        self._batch = (index, weight, l.detach())
+        return (l * weight + log_sigma2).sum(dim=1).mean()  # eq. (1): nll(l, log σ², scale)
 
     def after_backward(self) -> None:
         assert self._batch is not None
-        index, log_sigma2 = self._batch
-        assert log_sigma2.grad is not None
-        # The batch mean divides each row's gradient by B; the update uses the instance's own
-        # gradient ∂L_i/∂s_i = 1 − scale·l·e^(−s) so that the learning rate does not depend on the
-        # batch size.
-        self.params.step(index, log_sigma2.grad * len(index))
+        index, weight, l = self._batch
+        # The instance's own gradient, not the batch mean's 1/B share of it, so that the learning
+        # rate does not depend on the batch size.
+        self.params.step(index, 1.0 - l * weight)
         self._batch = None
 
 

@@ -142,3 +142,12 @@ def file_hashes(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+def whole_batch(data, rows=None, workers: int = 0) -> dict:
+    """Every row of a loaded data set (or ``rows``) as one batch, as the training loader gives it."""
+    from ilt_audit.data import make_loader
+
+    rows = np.arange(len(data)) if rows is None else np.asarray(rows)
+    loader = make_loader(data.instances(rows), batch_size=len(rows), workers=workers)
+    return next(iter(loader))

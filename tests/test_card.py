@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_data import whole_batch
 from PIL import Image
 
-from ilt_audit.card import load_card, load_manifest
+from ilt_audit.card import load_card
 from ilt_audit.data import load_dataset
 from ilt_audit.errors import CardError
+from ilt_audit.manifest import load_manifest
 
 # --- parsing valid cards --------------------------------------------------------------------------
 
@@ -108,16 +110,24 @@ def test_card_hash_covers_the_manifest(features_card):
 
 def test_image_dataset_decodes_every_task(image_card):
     data = load_dataset(image_card)
-    assert data.inputs.shape == (12, 3, 16, 16) and data.inputs.dtype == torch.uint8
-    assert data.targets["colour"].dtype == torch.int64
-    assert data.targets["geometry"].shape == (12, 2)
-    assert data.targets["seg"].shape == (12, 16, 16) and data.targets["seg"].dtype == torch.int64
-    assert set(data.targets["seg"].unique().tolist()) <= {0, 1, 2}
+    batch = whole_batch(data)
+    assert batch["input"].shape == (12, 3, 16, 16) and batch["input"].dtype == torch.float32
+    # images are normalised per channel with the statistics of the validation pass
+    pixels = batch["input"].transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(pixels.mean(dim=1), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(pixels.std(dim=1), torch.ones(3), atol=1e-3)
+    targets = batch["targets"]
+    assert targets["colour"].dtype == torch.int64
+    assert targets["geometry"].shape == (12, 2)
+    # masks stay small until they are on the device
+    assert targets["seg"].shape == (12, 16, 16) and targets["seg"].dtype == torch.uint8
+    assert set(targets["seg"].unique().tolist()) <= {0, 1, 2}
+    assert targets["depth"].shape == (12, 16, 16) and targets["depth"].dtype == torch.float32
     assert (
-        data.targets["depth"].shape == (12, 16, 16) and data.targets["depth"].dtype == torch.float32
+        abs(float(targets["depth"].mean())) < 1e-4 and abs(float(targets["depth"].std()) - 1) < 1e-3
     )
     # regression targets are z-scored so that every task's loss starts near 1
-    geometry = data.targets["geometry"]
+    geometry = targets["geometry"]
     assert torch.allclose(geometry.mean(dim=0), torch.zeros(2), atol=1e-5)
     assert torch.allclose(geometry.std(dim=0), torch.ones(2), atol=1e-5)
     assert [data.out_features(t) for t in data.card.tasks] == [3, 2, 3, 1]
@@ -130,7 +140,7 @@ def test_ignore_index_pixels_are_allowed_in_masks(image_card):
     mask = np.array(Image.open(mask_path))
     mask[0, :] = 255
     Image.fromarray(mask).save(mask_path)
-    assert (load_dataset(image_card).targets["seg"][0, 0] == 255).all()
+    assert (whole_batch(load_dataset(image_card))["targets"]["seg"][0, 0] == 255).all()
 
 
 # --- invalid input: one case per kind of error, through `ilt-audit train` -------------------------

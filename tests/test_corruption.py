@@ -10,13 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers_data import file_hashes, make_features_card, make_image_card
+from helpers_data import file_hashes, make_features_card, make_image_card, whole_batch
 
 import ilt_audit.corruption as corruption
-from ilt_audit.card import load_manifest
 from ilt_audit.corruption import corrupt, read_truth, toml_dumps
 from ilt_audit.data import read_depth, read_mask
 from ilt_audit.errors import CardError, OptionError, TruthError
+from ilt_audit.manifest import load_manifest
 
 
 def corrupted_ids(truth: pd.DataFrame, task: str) -> set[str]:
@@ -233,12 +233,12 @@ def test_the_new_dataset_loads(tmp_path: Path) -> None:
 
     card = make_image_card(tmp_path / "data")
     result = corrupt(card, tasks=["seg", "depth"], fraction=0.25, out=tmp_path / "noisy")
-    clean, noisy = load_dataset(card), load_dataset(result.card_path)
-    assert noisy.inputs.equal(clean.inputs)
-    assert noisy.targets["seg"].shape == clean.targets["seg"].shape
-    changed = (noisy.targets["seg"] != clean.targets["seg"]).flatten(1).any(dim=1)
+    clean, noisy = whole_batch(load_dataset(card)), whole_batch(load_dataset(result.card_path))
+    assert noisy["input"].equal(clean["input"])
+    assert noisy["targets"]["seg"].shape == clean["targets"]["seg"].shape
+    changed = (noisy["targets"]["seg"] != clean["targets"]["seg"]).flatten(1).any(dim=1)
     assert int(changed.sum()) == result.counts["seg"] == 3
-    assert noisy.targets["shape"].equal(clean.targets["shape"])
+    assert noisy["targets"]["shape"].equal(clean["targets"]["shape"])
 
 
 def test_16_bit_depth_pngs_keep_their_scale(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_data import whole_batch
 from helpers_scripts import load_script
 from PIL import Image
 
-from ilt_audit.card import load_manifest
 from ilt_audit.data import load_dataset
+from ilt_audit.manifest import load_manifest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 
@@ -31,8 +32,9 @@ def test_sample_card_loads_with_its_task_types(
     assert {t.type for t in manifest.card.tasks} == task_types
     data = load_dataset(manifest)
     assert len(data) == len(manifest.frame) > 100
+    batch = whole_batch(data)
     for task in manifest.card.tasks:
-        assert len(data.targets[task.name]) == len(data)
+        assert len(batch["targets"][task.name]) == len(data)
 
 
 def test_shapes_generator_reproduces_the_shipped_sample_and_writes_other_sizes_elsewhere(

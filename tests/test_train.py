@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers_data import whole_batch
 
 import ilt_audit
 import ilt_audit.training as training
@@ -401,12 +402,12 @@ def test_non_finite_loss_stops_training_and_keeps_earlier_epochs(
 
 def test_predict_rebuilds_the_trained_network(planted_run):
     from ilt_audit.data import load_dataset
-    from ilt_audit.training import predict
+    from ilt_audit.training import predict, saved_normalisation
 
-    data = load_dataset(planted_run.card)
+    data = load_dataset(planted_run.card, norm=saved_normalisation(planted_run.run))
     rows = torch.arange(len(data))
     outputs = predict(planted_run.run, data, rows)
-    labels = data.targets["label"]
+    labels = whole_batch(data)["targets"]["label"]
     clean = torch.tensor([i not in planted_run.flipped for i in data.ids])
     predicted = outputs["label"].argmax(dim=1)
     # the network learned the clean rule, so it predicts the manifest's label where that is right

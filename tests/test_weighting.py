@@ -166,6 +166,12 @@ def test_gradient_wrt_model_output_is_scaled_by_the_instance_weight(index):
 # --- ILT ------------------------------------------------------------------------------------------
 
 
+def _step(weighting: ILTWeighting, l_ik: torch.Tensor, index: torch.Tensor) -> None:
+    """One training step as the loop takes it: backward through the losses, then the update."""
+    weighting(l_ik.detach().requires_grad_(True), index).backward()
+    weighting.after_backward()
+
+
 def _ilt(n: int = 10, k: int = 2, lr: float = 0.5, momentum: float = 0.9) -> ILTWeighting:
     return ILTWeighting(torch.tensor([CLS, REG]), InstanceParams(n, k, lr=lr, momentum=momentum))
 
@@ -186,6 +192,18 @@ def test_ilt_loss_is_the_batch_mean_of_the_task_sum():
     assert torch.allclose(weighting(l_ik, index), expected)
 
 
+def test_ilt_loss_backpropagates_into_the_losses_not_into_the_table():
+    weighting = _ilt()
+    index = torch.tensor([0, 3])
+    weighting.params.log_sigma2[3] = torch.tensor([1.0, -1.0])
+    l_ik = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    weighting(l_ik, index).backward()
+    # ∂L/∂l = scale·e^(−s) / B: the instance weight, the batch mean's 1/B
+    s = weighting.params.log_sigma2[index]
+    assert torch.allclose(l_ik.grad, torch.tensor([CLS, REG]) * torch.exp(-s) / 2)
+    assert not weighting.params.log_sigma2.requires_grad
+
+
 def test_ilt_updates_batch_rows_by_their_own_gradient_and_leaves_other_rows_alone():
     lr = 0.5
     weighting = _ilt(lr=lr)
@@ -198,8 +216,7 @@ def test_ilt_updates_batch_rows_by_their_own_gradient_and_leaves_other_rows_alon
 
     index = torch.tensor([3, 1, 5, 8])
     l_ik = torch.tensor([[0.2, 0.4], [3.0, 5.0], [1.0, 2.0], [0.0, 9.0]]).requires_grad_(True)
-    weighting(l_ik, index).backward()
-    weighting.after_backward()
+    _step(weighting, l_ik, index)
 
     # the instance's own gradient, B × the batch-mean gradient: 1 − scale·l_ik·e^(−0)
     per_instance = 1 - torch.tensor([CLS, REG]) * l_ik.detach()
@@ -212,10 +229,8 @@ def test_ilt_updates_batch_rows_by_their_own_gradient_and_leaves_other_rows_alon
 def test_ilt_update_does_not_depend_on_the_batch_size():
     l_row = torch.tensor([[2.0, 3.0]])
     small, large = _ilt(), _ilt()
-    small(l_row.repeat(2, 1), torch.tensor([0, 1])).backward()
-    small.after_backward()
-    large(l_row.repeat(8, 1), torch.arange(8)).backward()
-    large.after_backward()
+    _step(small, l_row.repeat(2, 1), torch.tensor([0, 1]))
+    _step(large, l_row.repeat(8, 1), torch.arange(8))
     assert torch.allclose(small.params.log_sigma2[0], large.params.log_sigma2[0])
 
 
@@ -225,21 +240,18 @@ def test_ilt_momentum_is_sparse_across_batches():
     params = weighting.params
     scale = torch.tensor([CLS, REG])
     l1 = torch.tensor([[3.0, 1.0], [0.5, 6.0]])
-    weighting(l1, torch.tensor([0, 1])).backward()
-    weighting.after_backward()
+    _step(weighting, l1, torch.tensor([0, 1]))
     g1 = 1 - scale * l1  # s = 0 before the first step
     s1 = -lr * g1
 
     # a batch without row 0: its value and momentum must not move (no decay either)
-    weighting(torch.tensor([[1.0, 1.0], [2.0, 2.0]]), torch.tensor([1, 2])).backward()
-    weighting.after_backward()
+    _step(weighting, torch.tensor([[1.0, 1.0], [2.0, 2.0]]), torch.tensor([1, 2]))
     assert torch.allclose(params.log_sigma2[0], s1[0])
     assert torch.allclose(params.momentum_buffer[0], g1[0])
 
     # row 0 again: buf ← μ·buf + g;  s ← s − lr·buf
     l3 = torch.tensor([[0.1, 8.0]])
-    weighting(l3, torch.tensor([0])).backward()
-    weighting.after_backward()
+    _step(weighting, l3, torch.tensor([0]))
     g3 = 1 - scale * l3[0] * torch.exp(-s1[0])
     buf = mu * g1[0] + g3
     assert torch.allclose(params.momentum_buffer[0], buf)
@@ -251,8 +263,7 @@ def test_ilt_params_are_clamped_for_extreme_losses():
     index = torch.tensor([0, 1])
     l_ik = torch.tensor([[1e6, 1e6], [0.0, 0.0]])  # a hopeless label, a perfect one
     for _ in range(5):
-        weighting(l_ik, index).backward()
-        weighting.after_backward()
+        _step(weighting, l_ik, index)
         assert weighting.params.log_sigma2.abs().max() <= CLAMP
     assert torch.equal(weighting.params.log_sigma2[0], torch.full((2,), CLAMP))
     assert torch.equal(weighting.params.log_sigma2[1], torch.full((2,), -CLAMP))
@@ -263,8 +274,7 @@ def test_ilt_high_loss_raises_log_sigma2_and_low_loss_lowers_it():
     weighting = _ilt(n=2)
     l_ik = torch.tensor([[6.0, 6.0], [0.01, 0.01]])
     for _ in range(3):
-        weighting(l_ik, torch.tensor([0, 1])).backward()
-        weighting.after_backward()
+        _step(weighting, l_ik, torch.tensor([0, 1]))
     s = weighting.params.log_sigma2
     assert (s[0] > 0).all() and (s[1] < 0).all()
 
