@@ -47,11 +47,15 @@ class InstanceParams:
 
     def gather(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The batch's rows, copied to ``device``: (B, K). Only these rows travel."""
-        rows = self.log_sigma2[index.to(self.device)]
-        return rows.to(device, non_blocking=True)
+        if index.device != self.device:
+            index = index.to(self.device)
+        rows = torch.index_select(self.log_sigma2, 0, index)
+        return rows if rows.device == device else rows.to(device, non_blocking=True)
 
     @torch.no_grad()
-    def step(self, index: torch.Tensor, grad: torch.Tensor) -> None:
+    def step(
+        self, index: torch.Tensor, grad: torch.Tensor, current: torch.Tensor | None = None
+    ) -> None:
         """Sparse SGD with momentum on the rows ``index`` only, given their gradient (B, K).
 
         buf ← μ·buf + g;  s ← clamp(s − lr·buf, −4, 4). Rows outside ``index`` keep their value
@@ -62,17 +66,26 @@ class InstanceParams:
         one loss spike of a well-fit instance would throw its ``s`` to the clamp), and when
         ``grad_clip`` is set the momentum of an entry that hits the clamp is reset, so that it
         does not keep pushing against the bound for many epochs after the spike.
+
+        ``current`` is the rows' value as :meth:`gather` gave it, when the caller still holds it
+        (it saves reading the table twice). The step runs once per batch on (B, K) tensors: it is
+        written as in-place ``index_select`` / ``index_copy_`` operations because their fixed
+        cost, not the arithmetic, is what a step costs next to the network's.
         """
-        index = index.to(self.device)
-        grad = grad.to(self.device)
+        if grad.device != self.device:  # the table lives on the CPU, the batch on the GPU
+            index, grad, current = index.to(self.device), grad.to(self.device), None
+        elif index.device != self.device:
+            index = index.to(self.device)
         if self.grad_clip is not None:
             grad = grad.clamp(-self.grad_clip, self.grad_clip)
-        buf = self.momentum_buffer[index] * self.momentum + grad  # (B, K)
-        moved = self.log_sigma2[index] - self.lr * buf  # (B, K)
+        buf = torch.index_select(self.momentum_buffer, 0, index).mul_(self.momentum).add_(grad)
+        if current is None:
+            current = torch.index_select(self.log_sigma2, 0, index)
+        moved = current.sub(buf, alpha=self.lr)  # (B, K)
         if self.grad_clip is not None:
-            buf = torch.where(moved.abs() > CLAMP, torch.zeros_like(buf), buf)
-        self.momentum_buffer[index] = buf
-        self.log_sigma2[index] = moved.clamp(-CLAMP, CLAMP)
+            buf.masked_fill_(moved.abs() > CLAMP, 0.0)
+        self.momentum_buffer.index_copy_(0, index, buf)
+        self.log_sigma2.index_copy_(0, index, moved.clamp_(-CLAMP, CLAMP))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"log_sigma2": self.log_sigma2.cpu(), "momentum_buffer": self.momentum_buffer.cpu()}

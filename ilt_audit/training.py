@@ -400,6 +400,7 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
     n, k = len(data.train_index), len(tasks)
     run.model.train()
     last_loss = torch.zeros(n, k)  # (N, K): each instance's unweighted loss this epoch
+    trained = torch.zeros(n, dtype=torch.bool)  # (N,): the rows this epoch trained
     loss_sum = torch.zeros(k, device=run.device)  # (K,) running sum, for the progress bar
     seen = 0
     kept = f"; the {epoch - 1} finished epoch(s) are kept"
@@ -430,9 +431,9 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                 nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
                 run.scaler.step(run.optimizer)
                 run.scaler.update()
-            run.weighting.after_backward()
             l = l.detach()
             last_loss[positions] = l.cpu()
+            trained[positions] = True
             loss_sum += l.sum(dim=0)
             seen += len(positions)
             now = time.perf_counter()
@@ -445,8 +446,8 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                     info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
                 )
     seconds = time.perf_counter() - started
+    run.weighting.end_epoch(last_loss, trained)  # ILT's sparse update, once per row
     mean_losses = last_loss.mean(dim=0)  # (K,)
-    run.weighting.end_epoch(mean_losses)
     row: dict[str, Any] = {
         "epoch": epoch,
         "loss": {t.name: float(m) for t, m in zip(tasks, mean_losses, strict=True)},

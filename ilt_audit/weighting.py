@@ -34,11 +34,9 @@ class Weighting(nn.Module):
     def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
         raise NotImplementedError
 
-    def after_backward(self) -> None:
-        """Called after ``backward()`` of each batch (ILT updates its parameters here)."""
-
-    def end_epoch(self, mean_losses: torch.Tensor) -> None:
-        """Called with the epoch's mean unweighted loss per task, shape (K,)."""
+    def end_epoch(self, losses: torch.Tensor, seen: torch.Tensor) -> None:
+        """Called after each epoch with every instance's unweighted loss of that epoch (N, K)
+        and which instances the epoch trained, (N,) bool (ILT updates its parameters here)."""
 
 
 class EqualWeighting(Weighting):
@@ -54,10 +52,13 @@ class ILTWeighting(Weighting):
     """Instance-level task parameters: one ``log σ²`` per instance per task (paper eq. 1, 6).
 
     The parameters are not trained by autograd: their gradient has a closed form,
-    ``∂L_i/∂s_i = 1 − scale·l·e^(−s)`` (eq. 2 and 4 differentiated), computed from the batch's
-    detached losses after ``backward()``. The network's loss is the same as with autograd; the
-    sparse update (:class:`ilt_audit.ilt_params.InstanceParams`) then costs a few element-wise
-    operations on (B, K) tensors per step.
+    ``∂L_i/∂s_i = 1 − scale·l·e^(−s)`` (eq. 2 and 4 differentiated), and the sparse update
+    (:class:`ilt_audit.ilt_params.InstanceParams`) touches only the rows of instances trained.
+    Every instance is in exactly one batch of an epoch, so its row is updated once per epoch and
+    read by no other batch of that epoch: updating it right after its batch or at the end of the
+    epoch gives the same values. The update is applied at the end of the epoch, for every row at
+    once, from the losses the loop records anyway; a batch then costs one gather and two
+    element-wise operations on (B, K).
     """
 
     name = "ilt"
@@ -65,21 +66,23 @@ class ILTWeighting(Weighting):
     def __init__(self, scale: torch.Tensor, params: InstanceParams) -> None:
         super().__init__(scale)
         self.params = params
-        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.register_buffer("log_scale", torch.log(scale))  # (K,)
 
     def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         log_sigma2 = self.params.gather(index, l.device)  # (B, K), no gradient
-        weight = self.scale * torch.exp(-log_sigma2)  # (B, K): scale / σ²
-        self._batch = (index, weight, l.detach())
-        return (l * weight + log_sigma2).sum(dim=1).mean()  # eq. (1): nll(l, log σ², scale)
+        weight = torch.exp(self.log_scale - log_sigma2)  # (B, K): scale / σ²
+        # eq. (1): nll(l, log σ², scale) = l · scale / σ² + log σ², summed over tasks, batch mean
+        return torch.addcmul(log_sigma2, l, weight).sum(dim=1).mean()
 
-    def after_backward(self) -> None:
-        assert self._batch is not None
-        index, weight, l = self._batch
-        # The instance's own gradient, not the batch mean's 1/B share of it, so that the learning
-        # rate does not depend on the batch size.
-        self.params.step(index, 1.0 - l * weight)
-        self._batch = None
+    @torch.no_grad()
+    def end_epoch(self, losses: torch.Tensor, seen: torch.Tensor) -> None:
+        rows = torch.nonzero(seen.to(self.params.device)).squeeze(1)  # (R,)
+        log_sigma2 = torch.index_select(self.params.log_sigma2, 0, rows)  # (R, K)
+        l = torch.index_select(losses.to(self.params.device), 0, rows)  # (R, K)
+        weight = torch.exp(self.log_scale.to(self.params.device) - log_sigma2)
+        # The instance's own gradient 1 − scale·l/σ², not the batch mean's 1/B share of it, so
+        # that the learning rate does not depend on the batch size.
+        self.params.step(rows, 1.0 - l * weight, current=log_sigma2)
 
 
 class UncertaintyWeighting(Weighting):
@@ -112,7 +115,8 @@ class DWAWeighting(Weighting):
     def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return (l * self.weights).sum(dim=1).mean()
 
-    def end_epoch(self, mean_losses: torch.Tensor) -> None:
+    def end_epoch(self, losses: torch.Tensor, seen: torch.Tensor) -> None:
+        mean_losses = losses[seen.to(losses.device)].mean(dim=0)  # (K,)
         self.history = torch.stack([self.history[1], mean_losses.to(self.history)])
         self.seen = (self.seen + 1).clamp(max=2)
         if int(self.seen) == 2:

@@ -167,9 +167,34 @@ def test_gradient_wrt_model_output_is_scaled_by_the_instance_weight(index):
 
 
 def _step(weighting: ILTWeighting, l_ik: torch.Tensor, index: torch.Tensor) -> None:
-    """One training step as the loop takes it: backward through the losses, then the update."""
+    """One epoch of one batch, as the loop runs it: the loss backpropagates into the losses,
+    then the epoch's end applies the sparse update to the rows the epoch trained."""
     weighting(l_ik.detach().requires_grad_(True), index).backward()
-    weighting.after_backward()
+    n, k = weighting.params.log_sigma2.shape
+    losses, seen = torch.zeros(n, k), torch.zeros(n, dtype=torch.bool)
+    losses[index], seen[index] = l_ik.detach(), True
+    weighting.end_epoch(losses, seen)
+
+
+def test_ilt_epoch_update_equals_updating_each_row_after_its_batch():
+    # every row is in one batch of an epoch: deferring its update to the epoch's end changes nothing
+    n, lr = 12, 0.3
+    g = torch.Generator().manual_seed(0)
+    deferred, immediate = _ilt(n=n, lr=lr), _ilt(n=n, lr=lr)
+    for params in (deferred.params, immediate.params):
+        params.log_sigma2.copy_(torch.linspace(-3, 3, n * 2).view(n, 2))
+        params.momentum_buffer.copy_(torch.linspace(1, -1, n * 2).view(n, 2))
+    scale = torch.tensor([CLS, REG])
+    losses = torch.zeros(n, 2)
+    for batch in torch.randperm(n, generator=g).split(5):
+        l_ik = torch.rand(len(batch), 2, generator=g) * 4
+        deferred(l_ik, batch)
+        losses[batch] = l_ik
+        s = immediate.params.log_sigma2[batch]
+        immediate.params.step(batch, 1 - scale * l_ik * torch.exp(-s))  # right after the batch
+    deferred.end_epoch(losses, torch.ones(n, dtype=torch.bool))
+    assert torch.allclose(deferred.params.log_sigma2, immediate.params.log_sigma2)
+    assert torch.allclose(deferred.params.momentum_buffer, immediate.params.momentum_buffer)
 
 
 def _ilt(n: int = 10, k: int = 2, lr: float = 0.5, momentum: float = 0.9) -> ILTWeighting:
@@ -234,7 +259,7 @@ def test_ilt_update_does_not_depend_on_the_batch_size():
     assert torch.allclose(small.params.log_sigma2[0], large.params.log_sigma2[0])
 
 
-def test_ilt_momentum_is_sparse_across_batches():
+def test_ilt_momentum_is_sparse_across_epochs():
     lr, mu = 0.1, 0.9
     weighting = _ilt(lr=lr, momentum=mu)
     params = weighting.params
@@ -244,7 +269,7 @@ def test_ilt_momentum_is_sparse_across_batches():
     g1 = 1 - scale * l1  # s = 0 before the first step
     s1 = -lr * g1
 
-    # a batch without row 0: its value and momentum must not move (no decay either)
+    # an epoch that does not train row 0: its value and momentum must not move (no decay either)
     _step(weighting, torch.tensor([[1.0, 1.0], [2.0, 2.0]]), torch.tensor([1, 2]))
     assert torch.allclose(params.log_sigma2[0], s1[0])
     assert torch.allclose(params.momentum_buffer[0], g1[0])
@@ -302,9 +327,10 @@ def test_dwa_weights_favour_the_task_whose_loss_falls_slowest():
     weighting = DWAWeighting(torch.tensor([CLS, REG]), temperature=2.0)
     l_ik = torch.tensor([[1.0, 1.0]])
     assert weighting(l_ik, torch.tensor([0])).item() == 2.0  # weights start at 1
-    weighting.end_epoch(torch.tensor([1.0, 1.0]))
+    seen = torch.ones(3, dtype=torch.bool)
+    weighting.end_epoch(torch.tensor([[1.0, 1.0], [0.5, 1.5], [1.5, 0.5]]), seen)  # means 1, 1
     assert torch.equal(weighting.weights, torch.ones(2))  # one epoch of history is not enough
-    weighting.end_epoch(torch.tensor([0.5, 1.0]))  # task 0 halved, task 1 stalled
+    weighting.end_epoch(torch.tensor([[0.5, 1.0], [0.25, 1.5], [0.75, 0.5]]), seen)  # 0.5, 1
     ratio = torch.tensor([0.5, 1.0])
     assert torch.allclose(weighting.weights, 2 * torch.softmax(ratio / 2.0, dim=0))
     assert weighting.weights[1] > weighting.weights[0]
