@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import shutil
 import sys
@@ -64,6 +63,10 @@ from ilt_audit.ranking import DEFAULT_BY, SCORES
 from ilt_audit.training import TrainConfig, predict, train
 from ilt_audit.trajectories import read_trajectories
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _markdown import foreign_blocks, markers, read_block  # noqa: E402
+from _markdown import table as _table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_manifests"
 RESULTS = "results.jsonl"
@@ -75,7 +78,8 @@ QUALITY_WEIGHTINGS = ("ilt", "equal", "uncertainty", "dwa", "gls")
 TARGET_ACCURACY = 0.95  # issue 3: detection accuracy at 40% corruption, every task type
 TARGET_FRACTION = 0.4
 FIGURES = ("detection_accuracy", "auroc", "average_precision")
-NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
+NOTES = "notes"  # the block of hand-written text kept when the report is regenerated
+NOTES_START, NOTES_END = markers(NOTES)
 NOTES_PLACEHOLDER = (
     "> **Placeholder, to be written by the maintainers.** Where the paper's method (final "
     "`log σ²`, SGD on the network, the paper's ILT learning rates) falls short on these samples, "
@@ -718,12 +722,6 @@ def _fmt(values: list[float], percent: bool = False) -> str:
     return f"{mean:.3f}" + (f" ± {std:.3f}" if n > 1 else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 @dataclass(frozen=True)
 class Row:
     """A detection method as reported: which record it reads and which score in it."""
@@ -1049,15 +1047,9 @@ def _timing_section(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _kept_notes(path: Path) -> str:
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        match = re.search(
-            re.escape(NOTES_START) + r"\n?(.*?)\n?" + re.escape(NOTES_END), text, re.S
-        )
-        if match:
-            return match.group(1)
-    return NOTES_PLACEHOLDER
+def _kept_notes(text: str) -> str:
+    notes = read_block(text, NOTES)
+    return NOTES_PLACEHOLDER if notes is None else notes
 
 
 def write_report(settings: Settings, records: list[dict[str, Any]], elapsed: float) -> str:
@@ -1070,6 +1062,7 @@ def write_report(settings: Settings, records: list[dict[str, Any]], elapsed: flo
         f"torch threads {torch.get_num_threads()}), training on {device}"
     )
     run_seconds = sum(r["seconds"] for r in records)
+    existing = settings.out_md.read_text(encoding="utf-8") if settings.out_md.is_file() else ""
     out = [
         "# Benchmarks",
         "",
@@ -1117,10 +1110,12 @@ def write_report(settings: Settings, records: list[dict[str, Any]], elapsed: flo
         "## Where the paper's method falls short and what we changed",
         "",
         NOTES_START,
-        _kept_notes(settings.out_md),
+        _kept_notes(existing),
         NOTES_END,
         "",
     ]
+    for kept in foreign_blocks(existing, {NOTES}):  # other scripts' blocks (throughput, ...)
+        out += [kept, ""]
     return "\n".join(out)
 
 
