@@ -180,6 +180,13 @@ def train(
         float | None, typer.Option(help="Softmax temperature of --weighting dwa \\[default: 2.0].")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    rescan: Annotated[
+        bool,
+        typer.Option(
+            "--rescan",
+            help="Decode every file again even if an identical check of these files is cached.",
+        ),
+    ] = False,
 ) -> None:
     """Train a multi-task network with ILT parameters and write the run directory.
 
@@ -221,7 +228,9 @@ def train(
 
     with _errors():
         try:
-            result = run_training(card, out, config=config, resume=resume, on_epoch=report)
+            result = run_training(
+                card, out, config=config, resume=resume, rescan=rescan, on_epoch=report
+            )
         except KeyboardInterrupt:
             raise _fail(
                 f"interrupted; every finished epoch is kept in {out}. Continue with --resume.", 130

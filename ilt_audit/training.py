@@ -331,12 +331,14 @@ def train(
     *,
     config: TrainConfig | None = None,
     resume: bool = False,
+    rescan: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train on a dataset card and write the run directory ``out``.
 
     With ``resume=True`` the run continues from its checkpoint with its saved options; ``config``
     may then only change ``epochs`` (to train longer), ``device`` and ``workers``.
+    ``rescan=True`` decodes every file again even when an identical validation pass is cached.
     """
     out = Path(out)
     card = card if isinstance(card, Card) else load_card(card)
@@ -361,7 +363,7 @@ def train(
     device = resolve_device(config.device)
 
     # validates every row and file before anything is written; a resumed run keeps its statistics
-    data = load_dataset(card, workers=config.workers, norm=saved_norm)
+    data = load_dataset(card, workers=config.workers, norm=saved_norm, rescan=rescan)
     run = _Run(data, config, device)
     config_json = _config_json(card, data, config, device)
     metrics: list[dict[str, Any]] = []

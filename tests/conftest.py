@@ -190,6 +190,14 @@ def make_image_card() -> Callable[..., Path]:
     return write_image_dataset
 
 
+@pytest.fixture(autouse=True)
+def _scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty cache of validation passes, never the user's."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ILT_AUDIT_CACHE", str(folder))
+    return folder
+
+
 def tiny_config(**changes: object) -> TrainConfig:
     base = TrainConfig(
         epochs=2, batch_size=8, device="cpu", model=ModelConfig(hidden=16, depth=1, width=4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,3 +157,33 @@ def test_bf16_autocast_trains_on_the_cpu(features_card, tmp_path, tiny):
     train(features_card, tmp_path / "run", config=tiny(precision="bf16"))
     table = pd.read_parquet(tmp_path / "run" / "trajectories")
     assert np.isfinite(table.log_sigma2).all() and np.isfinite(table.loss).all()
+
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("the files were decoded again")
+
+
+def test_an_unchanged_data_set_is_not_decoded_twice(image_card, monkeypatch):
+    first = load_dataset(image_card, workers=0)
+    monkeypatch.setattr(data_module, "_scan", _no_decoding)
+    again = load_dataset(image_card, workers=0)
+    assert again.norm == first.norm
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_dataset(image_card, workers=0, rescan=True)
+
+
+def test_a_changed_file_is_checked_again(image_card, monkeypatch):
+    load_dataset(image_card, workers=0)
+    mask = image_card.parent / "masks" / "i002.png"
+    stat = mask.stat()
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    monkeypatch.setattr(data_module, "_scan", _no_decoding)
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_dataset(image_card, workers=0)
+
+
+def test_a_bad_file_is_never_cached_as_good(image_card):
+    _corrupt_image(image_card, "i005")
+    for _ in range(2):
+        with pytest.raises(CardError, match="row id 'i005'"):
+            load_dataset(image_card, workers=0)
