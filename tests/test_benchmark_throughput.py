@@ -103,7 +103,7 @@ def test_throughput_quick_writes_its_block_and_keeps_the_rest(tmp_path: Path) ->
         "ILT epoch ÷ equal epoch, 2,000 rows",
         "ILT epoch ÷ plain-loop epoch, 2,000 rows",
         "`train` wall clock (ILT), 2,000 rows",
-        "`rank --top 1%` wall clock, 2,000 rows",
+        "`rank --top 1% --output suspects.csv` wall clock, 2,000 rows",
         "ILT instances/s ÷ plain loop's, 64 images",
         "`train` peak RSS at 64 ÷ at 32 images",
     ):
@@ -115,7 +115,7 @@ def test_throughput_quick_writes_its_block_and_keeps_the_rest(tmp_path: Path) ->
     (features,) = raw["features"]
     for method in ("plain", "equal", "ilt"):
         assert len(features[method]["epoch_s"]) == 2
-    assert features["rank"]["wall_s"] > 0
+    assert features["rank"]["wall_s"] > 0 and features["rank_terminal"]["wall_s"] > 0
     assert [r["n"] for r in raw["images"]] == [32, 64]
     for record in raw["images"]:
         assert record["ilt"]["peak_rss_mib"] > 0 and record["plain"]["samples_per_s"][0] > 0
