@@ -388,9 +388,10 @@ def _scan(manifest: Manifest, train: np.ndarray, workers: int | None) -> Normali
         collate_fn=_reduce,
     )
     total = np.zeros(7 + 3 * len(scan.depth))
+    chunks = iter(loader)  # forks the workers before the progress display starts its thread
     with progress() as bar:
         job = bar.add_task("Checking files", total=len(scan), info="")
-        for count, message, stats in loader:
+        for count, message, stats in chunks:
             if message is not None:
                 raise CardError(message)
             total += stats

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -385,9 +386,8 @@ def train(
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    writer = TrajectoryWriter(
-        out, [data.ids[i] for i in data.train_index], [t.name for t in run.tasks]
-    )
+    train_ids = pa.array(data.ids, pa.string()).take(pa.array(data.train_index))
+    writer = TrajectoryWriter(out, train_ids, [t.name for t in run.tasks])
     for epoch in range(start_epoch, config.epochs + 1):
         row, last_loss = _train_epoch(run, epoch, config.epochs)
         _write_epoch(out, run, writer, epoch, row, last_loss, metrics, config_json)
@@ -409,9 +409,10 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
     run.batches.set_epoch(epoch)
     started = time.perf_counter()
     shown = started
+    loader = iter(run.loader)  # forks the workers (first epoch) before the progress thread starts
     with progress() as bar:
         job = bar.add_task(f"Epoch {epoch}/{epochs}", total=len(run.batches), info="")
-        for step, batch in enumerate(run.loader, start=1):
+        for step, batch in enumerate(loader, start=1):
             _raise_file_error(batch, kept)
             positions = batch["index"]  # (B,) rows of the ILT table
             x, targets = to_device(batch, tasks, run.device)
