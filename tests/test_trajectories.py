@@ -14,6 +14,8 @@ from ilt_audit.trajectories import (
     epoch_file,
     epoch_files,
     last_epoch,
+    read_epochs,
+    read_matrix,
     read_trajectories,
     write_epoch,
 )
@@ -118,3 +120,127 @@ def test_a_folder_without_trajectories_is_not_a_run(tmp_path):
     with pytest.raises(RunDirError, match="no trajectory files"):
         read_trajectories(tmp_path)
     assert last_epoch(tmp_path) == 0
+
+
+# --- reading some columns, epochs, tasks or ids ---------------------------------------------------
+
+
+def test_read_epochs_reads_the_chosen_columns_epochs_tasks_and_ids(tmp_path):
+    for epoch in (1, 2, 3):
+        _write(tmp_path, epoch, offset=10 * epoch)
+    table = read_epochs(
+        tmp_path, epochs=[3, 1], columns=["epoch", "log_sigma2"], tasks=["reg"], ids=["x1", "x3"]
+    )
+    assert table.column_names == ["epoch", "log_sigma2"]
+    assert table.schema.field("epoch").type == pa.int32()
+    # x1/reg holds 1, x3/reg holds 5 (plus 10 per epoch), epochs in ascending order
+    assert table.to_pydict() == {"epoch": [1, 1, 3, 3], "log_sigma2": [11.0, 15.0, 31.0, 35.0]}
+    frame = read_trajectories(tmp_path, epochs=[2], columns=["id", "task"], ids=["x2"])
+    assert frame.to_dict("list") == {"id": ["x2", "x2"], "task": TASKS}
+
+
+def test_reading_an_epoch_the_run_does_not_have_is_an_error(tmp_path):
+    _write(tmp_path, 1)
+    with pytest.raises(
+        RunDirError, match="no trajectory file for epoch 4; the run's last epoch is 1"
+    ):
+        read_epochs(tmp_path, epochs=[4])
+    with pytest.raises(ValueError, match="no trajectory column 'sigma'"):
+        read_epochs(tmp_path, columns=["sigma"])
+
+
+# --- the (E, R) matrix: fingerprints line epochs up, a join when they cannot -----------------------
+
+
+def _strip_fingerprint(path):
+    """Rewrite a file as runs from before the fingerprint wrote it."""
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata(None), path)
+
+
+def _by_key(matrix):
+    """The matrix as {(id, task): [value per epoch]}, whatever the order of its keys."""
+    ids = matrix.keys["id"].to_pylist()
+    tasks = matrix.keys["task"].cast(pa.string()).to_pylist()
+    return {
+        (i, t): matrix.values[:, r].tolist()
+        for r, (i, t) in enumerate(zip(ids, tasks, strict=True))
+    }
+
+
+def _permuted_run(run, epochs=4):
+    """Epochs written in two different row orders, values known per (instance, task)."""
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(epochs, 5, 2)).astype(np.float32)  # (E, N, K)
+    ids = [f"i{i}" for i in range(5)]
+    for epoch in range(1, epochs + 1):
+        order = np.arange(5) if epoch % 2 else np.array([3, 0, 4, 1, 2])
+        values = truth[epoch - 1][order]
+        write_epoch(run, epoch, [ids[i] for i in order], TASKS, values, -values)
+    return ids, truth
+
+
+def test_matrix_lines_up_fingerprinted_epochs_without_a_join(tmp_path):
+    for epoch in (1, 2, 3):
+        _write(tmp_path, epoch, offset=epoch)
+    matrix = read_matrix(tmp_path, "log_sigma2")
+    assert matrix.aligned
+    assert matrix.epochs == (1, 2, 3)
+    assert matrix.values.dtype == np.float32 and matrix.values.shape == (3, 6)
+    assert matrix.keys["id"].to_pylist() == ["x1", "x1", "x2", "x2", "x3", "x3"]
+    expected = np.arange(6, dtype=np.float32)
+    assert (matrix.values == np.stack([expected + e for e in (1, 2, 3)])).all()
+    loss = read_matrix(tmp_path, "loss", epochs=[2], tasks=["cls"], ids=["x2", "x3"])
+    assert _by_key(loss) == {("x2", "cls"): [-4.0], ("x3", "cls"): [-6.0]}
+
+
+def test_epochs_in_different_row_orders_are_joined_on_the_keys(tmp_path):
+    ids, truth = _permuted_run(tmp_path)
+    matrix = read_matrix(tmp_path, "log_sigma2")
+    assert not matrix.aligned  # the two row orders have different fingerprints
+    found = _by_key(matrix)
+    assert len(found) == 10
+    for i, row_id in enumerate(ids):
+        for k, task in enumerate(TASKS):
+            assert found[(row_id, task)] == truth[:, i, k].tolist()
+
+
+def test_the_join_and_the_fingerprint_path_agree(tmp_path):
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    for run in (fast, slow):
+        for epoch in (1, 2, 3):
+            _write(run, epoch, offset=epoch * 1.5)
+    for path in (slow / "trajectories").iterdir():
+        _strip_fingerprint(path)
+    for filters in ({}, {"tasks": ["reg"]}, {"ids": ["x3", "x1"]}, {"epochs": [1, 3]}):
+        aligned = read_matrix(fast, "log_sigma2", **filters)
+        joined = read_matrix(slow, "log_sigma2", **filters)
+        assert aligned.aligned and not joined.aligned
+        assert aligned.epochs == joined.epochs
+        assert _by_key(aligned) == _by_key(joined)
+        assert len(_by_key(aligned)) == aligned.values.shape[1]
+
+
+def test_a_key_missing_from_an_epoch_is_nan(tmp_path):
+    _write(tmp_path, 1)
+    write_epoch(tmp_path, 2, IDS[:2], TASKS, np.ones((2, 2)), np.ones((2, 2)))  # x3 missing
+    found = _by_key(read_matrix(tmp_path, "log_sigma2"))
+    assert found[("x2", "reg")] == [3.0, 1.0]
+    assert found[("x3", "cls")][0] == 4.0 and np.isnan(found[("x3", "cls")][1])
+
+
+def test_matrix_reads_the_rank_files_of_an_epoch_together(tmp_path):
+    for epoch in (1, 2):
+        write_epoch(tmp_path, epoch, ["a"], ["t"], np.full((1, 1), epoch), np.zeros((1, 1)), rank=0)
+        write_epoch(
+            tmp_path, epoch, ["b"], ["t"], np.full((1, 1), -epoch), np.zeros((1, 1)), rank=1
+        )
+    matrix = read_matrix(tmp_path, "log_sigma2")
+    assert matrix.aligned  # every epoch has the same two files' row orders
+    assert _by_key(matrix) == {("a", "t"): [1.0, 2.0], ("b", "t"): [-1.0, -2.0]}
+
+
+def test_matrix_refuses_a_key_column(tmp_path):
+    _write(tmp_path, 1)
+    with pytest.raises(ValueError, match="value column"):
+        read_matrix(tmp_path, "id")
