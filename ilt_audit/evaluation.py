@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import TruthError
@@ -64,7 +66,7 @@ def detection_metrics(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, fl
     nan = float("nan")
     # descending score; among ties clean (False) first, then input order: np.lexsort sorts by the
     # last key first and is stable
-    order = np.lexsort((np.arange(n), corrupted, -scores))
+    order = np.lexsort((corrupted, -scores))
     hits = corrupted[order]  # (n,) ranked
     found = int(hits[:k].sum())
     cumulative = np.cumsum(hits)
@@ -76,28 +78,31 @@ def detection_metrics(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, fl
         "detection_accuracy": found / k if k else nan,
         "precision": found / k if k else nan,
         "recall": found / k if k else nan,
-        "auroc": _auroc(scores, corrupted),
+        "auroc": _auroc(scores[order], hits),
         "average_precision": float(np.mean(cumulative[positive_ranks - 1] / positive_ranks))
         if k
         else nan,
     }
 
 
-def _auroc(scores: np.ndarray, corrupted: np.ndarray) -> float:
-    k = int(corrupted.sum())
-    clean = len(scores) - k
+def _auroc(descending: np.ndarray, hits: np.ndarray) -> float:
+    """AUROC from the scores sorted high to low and whether each is corrupted."""
+    k = int(hits.sum())
+    clean = len(hits) - k
     if k == 0 or clean == 0:
         return float("nan")
-    ranks = _average_ranks(scores)
-    u = ranks[corrupted].sum() - k * (k + 1) / 2  # Mann–Whitney U of the corrupted instances
+    ranks = _average_ranks(descending)
+    u = ranks[hits].sum() - k * (k + 1) / 2  # Mann–Whitney U of the corrupted instances
     return float(u / (k * clean))
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ascending ranks; tied values share the mean of their ranks."""
-    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts + 1  # rank of the first member of each tie group
-    return (first + (counts - 1) / 2)[inverse]
+def _average_ranks(descending: np.ndarray) -> np.ndarray:
+    """1-based ascending ranks of values sorted high to low; tied values share their mean rank."""
+    n = len(descending)
+    starts = np.flatnonzero(np.r_[True, descending[1:] != descending[:-1]])  # tie groups
+    ends = np.r_[starts[1:], n]
+    # positions a..b-1 (0-based, descending) hold ascending ranks n-a .. n-b+1
+    return np.repeat(n - (starts + ends - 1) / 2, ends - starts)
 
 
 def evaluate(run_dir: str | Path, truth: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
@@ -112,30 +117,45 @@ def evaluate(run_dir: str | Path, truth: str | Path, *, by: str = DEFAULT_BY) ->
         >>> truth = "/tmp/penguins-noisy/corruption.parquet"
         >>> evaluate("runs/penguins", truth, by="final")  # doctest: +SKIP
     """
-    expected = read_truth(truth)
-    table = scores(run_dir, by=by)
+    return detection_table(scores(run_dir, by=by), read_truth(truth), source=truth)
+
+
+def detection_table(
+    table: pd.DataFrame, expected: pd.DataFrame, *, source: str | Path
+) -> pd.DataFrame:
+    """:func:`evaluate` on scores (``id, task, score``) and a read corruption file (``source``).
+
+    Example:
+        >>> truth = "/tmp/shapes-noisy/corruption.parquet"
+        >>> detection_table(scores("runs/shapes"), read_truth(truth), source=truth)  # doctest: +SKIP
+    """
     rows = []
-    for task, labels in expected.groupby("task", sort=False):
+    for task in expected.task.unique():
+        labels = expected[expected.task == task]
         if not labels.corrupted.any():
             continue
         task_scores = table[table.task == task]
         if task_scores.empty:
             known = ", ".join(sorted(table.task.unique()))
             raise TruthError(
-                f"truth file {truth} names task {task!r} that the run did not train; "
+                f"truth file {source} names task {task!r} that the run did not train; "
                 f"the run's tasks are: {known}"
             )
-        joined = labels.merge(task_scores[["id", "score"]], on="id", how="left", indicator=True)
-        unknown = joined[joined["_merge"] == "left_only"]
-        if not unknown.empty:
+        # each truth row's instance among the task's scores (a left join on the id)
+        found = pc.index_in(
+            pa.array(labels.id, pa.string()), value_set=pa.array(task_scores.id, pa.string())
+        )
+        unknown = found.is_null().to_numpy(zero_copy_only=False)
+        if unknown.any():
             raise TruthError(
-                f"truth file {truth} names id {unknown.id.iloc[0]!r} that the run did not train on "
-                f"(task {task!r}; {len(unknown)} such id(s))"
+                f"truth file {source} names id {labels.id.iloc[int(np.argmax(unknown))]!r} that the "
+                f"run did not train on (task {task!r}; {int(unknown.sum())} such id(s))"
             )
-        metrics = detection_metrics(joined.score.to_numpy(), joined.corrupted.to_numpy())
+        score = task_scores.score.to_numpy()[found.to_numpy()]
+        metrics = detection_metrics(score, labels.corrupted.to_numpy())
         rows.append({"task": task, **metrics})
     if not rows:
         raise TruthError(
-            f"truth file {truth} marks no label as corrupted; there is nothing to evaluate"
+            f"truth file {source} marks no label as corrupted; there is nothing to evaluate"
         )
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -42,7 +42,16 @@ import numpy as np
 import pandas as pd
 
 from ilt_audit.errors import OptionError
-from ilt_audit.ranking import DEFAULT_BY, check_by, rank
+from ilt_audit.manifest import Manifest
+from ilt_audit.ranking import (
+    DEFAULT_BY,
+    Scores,
+    check_by,
+    labels_of,
+    read_scores,
+    run_manifest,
+    task_order,
+)
 from ilt_audit.rundir import read_config
 
 SIGMAS = 3.5  # robust z-score of an outlier (Iglewicz and Hoaglin)
@@ -133,26 +142,55 @@ def parse_share(text: str | float) -> float:
     )
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: it holds a DataFrame and arrays
+class Suspects:
+    """Each task's suspects (and its ``top`` highest scores), with the cut-offs behind them."""
+
+    table: pd.DataFrame  # rank, id, task, score, label, suspect: per task, highest score first
+    cutoffs: dict[str, Cutoff]  # per task, in the card's order
+    instances: dict[str, int]  # instances per task
+    scores: Scores  # every instance's score, for what needs more than the table
+
+
 def find_suspects(
-    run_dir: str | Path, *, task: str | None = None, by: str | None = None
-) -> tuple[pd.DataFrame, dict[str, Cutoff]]:
-    """Every instance ranked per task, with whether it is suspect, and each task's cut-off.
+    run_dir: str | Path,
+    *,
+    task: str | None = None,
+    by: str | None = None,
+    top: int = 0,
+    manifest: Manifest | None = None,
+) -> Suspects:
+    """Per task, the suspect instances, ranked, and the task's cut-off.
 
     The table has the columns of :func:`ilt_audit.ranking.rank` (``rank, id, task, score,
-    label``) plus ``suspect`` (bool).
+    label``) plus ``suspect`` (bool), and holds per task every suspect and at least the ``top``
+    highest-scoring instances: the suspects are decided on the scores alone and labels are looked
+    up for the listed rows only. ``manifest`` saves reading the run's manifest again.
 
     Example:
-        >>> table, cutoffs = find_suspects("runs/shapes", task="shape")  # doctest: +SKIP
-        >>> table[table.suspect].head()  # doctest: +SKIP
+        >>> found = find_suspects("runs/shapes", task="shape")  # doctest: +SKIP
+        >>> found.table[found.table.suspect].head()  # doctest: +SKIP
     """
     by = resolve_score(run_dir, by)
-    table = rank(run_dir, task=task, by=by)
+    scored = read_scores(run_dir, by=by)
+    rows = scored.by_task()
     cutoffs: dict[str, Cutoff] = {}
-    suspect = np.zeros(len(table), dtype=bool)
-    for name, part in table.groupby("task", sort=False):
-        cutoffs[str(name)] = cut = cutoff(part.score.to_numpy(), log=by in LOG_SCORES)
-        suspect[table.task.to_numpy() == name] = part.score.to_numpy() > cut.threshold
-    return table.assign(suspect=suspect), cutoffs
+    instances: dict[str, int] = {}
+    parts, flags = [], []
+    for name in task_order(run_dir, rows, task):
+        values = scored.values[rows[name]]
+        cutoffs[name] = cut = cutoff(values, log=by in LOG_SCORES)
+        instances[name] = len(values)
+        suspects = int((values > cut.threshold).sum())
+        part = scored.highest(rows[name], max(suspects, min(top, len(values))))
+        parts.append(part)
+        flags.append(np.arange(len(part)) < suspects)  # the suspects are the highest scores
+    table = scored.frame(parts)
+    if manifest is None:
+        manifest = run_manifest(Path(run_dir), "to show labels")
+    table["label"] = labels_of(manifest, table)
+    table["suspect"] = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+    return Suspects(table, cutoffs, instances, scored)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: it holds a DataFrame
@@ -247,20 +285,15 @@ def gate(
     run_dir = Path(run_dir)
     limit = parse_share(max_suspect)
     by = resolve_score(run_dir, by)
-    table, cutoffs = find_suspects(run_dir, task=task, by=by)
+    found = find_suspects(run_dir, task=task, by=by)
     types = {t["name"]: t["type"] for t in read_config(run_dir)["tasks"]}
     verdicts = []
-    for name, part in table.groupby("task", sort=False):
-        flagged = part[part.suspect][["rank", "id", "score", "label"]].reset_index(drop=True)
+    for name, cut in found.cutoffs.items():
+        part = found.table[(found.table.task == name) & found.table.suspect]
+        flagged = part[["rank", "id", "score", "label"]].reset_index(drop=True)
         verdicts.append(
             TaskGate(
-                str(name),
-                types.get(str(name), ""),
-                len(part),
-                len(flagged),
-                limit,
-                cutoffs[str(name)],
-                flagged,
+                name, types.get(name, ""), found.instances[name], len(flagged), limit, cut, flagged
             )
         )
     return GateResult(run_dir, by, limit, tuple(verdicts))

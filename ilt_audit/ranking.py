@@ -12,42 +12,49 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ilt_audit.errors import CardError, OptionError, RunDirError
 from ilt_audit.manifest import Manifest, load_manifest
 from ilt_audit.rundir import read_config
-from ilt_audit.trajectories import read_trajectories
+from ilt_audit.trajectories import read_matrix, run_epochs, task_codes
 
 
-def _final(t: pd.DataFrame) -> pd.Series:
-    last = t[t.epoch == t.epoch.max()]
-    return last.set_index(["id", "task"]).log_sigma2
+def _last(epochs: list[int]) -> list[int]:
+    return epochs[-1:]
 
 
-def _mean(t: pd.DataFrame) -> pd.Series:
-    return t.groupby(["id", "task"]).log_sigma2.mean()
+def _last_quarter(epochs: list[int]) -> list[int]:
+    keep = max(1, math.ceil(epochs[-1] / 4))
+    return [e for e in epochs if e > epochs[-1] - keep]
 
 
-def _tail(t: pd.DataFrame) -> pd.Series:
-    epochs = t.epoch.max()
-    keep = max(1, math.ceil(epochs / 4))
-    return _mean(t[t.epoch > epochs - keep])
+def _every(epochs: list[int]) -> list[int]:
+    return epochs
 
 
-def _loss(t: pd.DataFrame) -> pd.Series:
-    last = t[t.epoch == t.epoch.max()]
-    return last.set_index(["id", "task"]).loss
+@dataclass(frozen=True)
+class Score:
+    """A score: the mean of one trajectory column over some of the run's epochs."""
+
+    column: str  # "log_sigma2" or "loss"
+    epochs: Callable[[list[int]], list[int]]  # the run's epochs (ascending) -> the epochs it reads
 
 
-SCORES: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
-    "final": _final,  # log σ² after the last epoch (the paper's choice)
-    "tail": _tail,  # mean log σ² over the last quarter of the epochs
-    "mean": _mean,  # mean log σ² over all epochs: the area under the trajectory
-    "loss": _loss,  # the last epoch's unweighted loss: the small-loss baseline
+SCORES: dict[str, Score] = {
+    "final": Score("log_sigma2", _last),  # log σ² after the last epoch (the paper's choice)
+    "tail": Score("log_sigma2", _last_quarter),  # mean log σ² over the last quarter of the epochs
+    "mean": Score(
+        "log_sigma2", _every
+    ),  # mean log σ² over all epochs: the area under the trajectory
+    "loss": Score("loss", _last),  # the last epoch's unweighted loss: the small-loss baseline
 }
 DEFAULT_BY = "final"
 
@@ -58,17 +65,99 @@ def check_by(by: str) -> str:
     return by
 
 
-def scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
-    """One score per trained instance per task: columns ``id, task, score``."""
+@dataclass(frozen=True, eq=False)  # eq=False: it holds arrays
+class Scores:
+    """One score per (id, task) of a run, as arrays: what ranks, gates and evaluations start from."""
+
+    keys: pa.Table  # id (string), task (dictionary of strings): R rows
+    values: np.ndarray  # (R,) the score of each key
+
+    def by_task(self) -> dict[str, np.ndarray]:
+        """Each task's rows (indices into ``keys``), in key order."""
+        names, codes = task_codes(self.keys)
+        return {name: np.flatnonzero(codes == i) for i, name in enumerate(names)}
+
+    def highest(self, rows: np.ndarray, keep: int) -> np.ndarray:
+        """The ``keep`` rows of ``rows`` with the highest scores, highest first, ties by id.
+
+        Only the rows that can make the cut are sorted: those scoring at least the ``keep``-th
+        highest score (NaN scores come last, as if lowest).
+        """
+        if keep <= 0:
+            return rows[:0]
+        scores = self.values[rows]
+        candidates = np.arange(len(rows))
+        if keep < len(rows):
+            kth = np.partition(-scores, keep - 1)[keep - 1]  # NaN sort last
+            if not np.isnan(kth):
+                candidates = np.flatnonzero(-scores <= kth)
+        chosen = rows[candidates]
+        table = pa.table(
+            {"score": scores[candidates], "id": self.keys["id"].take(pa.array(chosen))}
+        )
+        order = pc.sort_indices(table, sort_keys=[("score", "descending"), ("id", "ascending")])
+        return chosen[order.to_numpy()[:keep]]
+
+    def frame(self, parts: Iterable[np.ndarray]) -> pd.DataFrame:
+        """The rows of each part as ``rank, id, task, score``, ranked from 1 within each part."""
+        parts = list(parts)
+        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        picked = self.keys.take(pa.array(rows))
+        return pd.DataFrame(
+            {
+                "rank": np.concatenate([np.arange(1, len(p) + 1) for p in parts])
+                if parts
+                else np.zeros(0, dtype=np.int64),
+                "id": picked["id"].to_pandas(),
+                "task": picked["task"].cast(pa.string()).to_pandas(),
+                "score": self.values[rows],
+            }
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every key with its score: ``id, task, score``."""
+        return pd.DataFrame(
+            {
+                "id": self.keys["id"].to_pandas(),
+                "task": self.keys["task"].cast(pa.string()).to_pandas(),
+                "score": self.values,
+            }
+        )
+
+
+def read_scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> Scores:
+    """The scores of a run, reading only the epochs and the column the score needs."""
     check_by(by)
-    series = SCORES[by](read_trajectories(run_dir))
-    if series.isna().all():
+    score = SCORES[by]
+    matrix = read_matrix(run_dir, score.column, epochs=score.epochs(run_epochs(run_dir)))
+    if len(matrix.epochs) == 1:
+        values = matrix.values[0]  # (R,) as stored: float32
+    else:
+        present = ~np.isnan(matrix.values)  # (E, R); a missing value does not count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.nansum(matrix.values, axis=0, dtype=np.float64) / present.sum(axis=0)
+    if np.isnan(values).all():
         weighting = read_config(run_dir)["options"]["weighting"]
         raise OptionError(
             f"{run_dir} was trained with --weighting {weighting}, which has no per-instance "
             "log σ²; rank it with --by loss"
         )
-    return series.rename("score").reset_index()
+    return Scores(matrix.keys, values)
+
+
+def scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
+    """One score per trained instance per task: columns ``id, task, score``."""
+    return read_scores(run_dir, by=by).to_frame()
+
+
+def task_order(run_dir: str | Path, present: Collection[str], task: str | None) -> list[str]:
+    """The tasks to list, in the card's order: ``task`` alone when given (checked), else all."""
+    if task is not None and task not in present:
+        raise OptionError(
+            f"--task {task!r}: the run has no such task; its tasks are: {', '.join(sorted(present))}"
+        )
+    names = [t["name"] for t in read_config(run_dir)["tasks"]]
+    return [name for name in names if name in present and (task is None or name == task)]
 
 
 def parse_top(top: str | int | None) -> tuple[str, float] | None:
@@ -98,26 +187,44 @@ def run_manifest(run_dir: Path, purpose: str) -> Manifest:
         ) from None
 
 
-def _label_column(run_dir: Path, frame: pd.DataFrame) -> pd.Series:
-    """The label of each (id, task) as found in the manifest, as text."""
-    manifest = run_manifest(run_dir, "to show labels")
-    by_id = manifest.frame.set_index(manifest.card.id)
-    labels: dict[str, pd.Series] = {}
+def labels_of(manifest: Manifest, frame: pd.DataFrame) -> pd.Series:
+    """The label of each row's ``(id, task)`` as the manifest gives it, as text ("" if none).
+
+    Only ``frame``'s rows are looked up and formatted: call it after cutting the ranking.
+    """
+    known = pa.array(manifest.frame[manifest.card.id], pa.string())
+    found = pc.index_in(pa.array(frame["id"], pa.string()), value_set=known)
+    positions = found.fill_null(-1).to_numpy()  # (rows,) manifest row, -1 where absent
+    text = np.full(len(frame), "", dtype=object)
+    tasks = frame["task"].to_numpy()
     for task in manifest.card.tasks:
-        values = manifest.labels(task)
-        if isinstance(values, pd.DataFrame):
-            text = values.apply(lambda row: ", ".join(f"{c}={v:g}" for c, v in row.items()), axis=1)
-        else:
-            text = values.map(str)
-        labels[task.name] = pd.Series(text.to_numpy(), index=by_id.index)
-    return pd.Series(
-        [
-            labels[task].get(i, "") if task in labels else ""
-            for i, task in zip(frame.id, frame.task, strict=True)
-        ],
-        index=frame.index,
-        dtype=str,
-    )
+        here = (tasks == task.name) & (positions >= 0)
+        if here.any():
+            text[here] = _label_text(manifest.labels(task), positions[here])
+    return pd.Series(text, index=frame.index, dtype=str)
+
+
+def _label_text(values: pd.Series | pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Labels of some manifest rows as text: ``str(value)``, or ``"c=v, …"`` over columns."""
+    if isinstance(values, pd.Series):
+        return _as_text(values.iloc[rows])
+    parts = [f"{c}=" + _as_g(values[c].iloc[rows]) for c in values.columns]
+    text = parts[0]
+    for part in parts[1:]:
+        text = text + ", " + part
+    return text
+
+
+def _as_text(values: pd.Series) -> np.ndarray:
+    """``str(value)`` of each value, with numbers as Python numbers (a float32 0.1 reads 0.1000…01)."""
+    if values.dtype.kind == "f":
+        values = values.astype(np.float64)
+    return values.astype(str).to_numpy(dtype=object)
+
+
+def _as_g(values: pd.Series) -> np.ndarray:
+    """``f"{value:g}"`` of each value (there is no vectorised ``%g``; only shown rows get here)."""
+    return np.array([f"{v:g}" for v in values.tolist()], dtype=object)
 
 
 def rank(
@@ -138,25 +245,14 @@ def rank(
     """
     run_dir = Path(run_dir)
     cut = parse_top(top)
-    table = scores(run_dir, by=by)
-    if task is not None:
-        known = sorted(table.task.unique())
-        if task not in known:
-            raise OptionError(
-                f"--task {task!r}: the run has no such task; its tasks are: {', '.join(known)}"
-            )
-        table = table[table.task == task]
-    order = read_config(run_dir)["tasks"]
+    scored = read_scores(run_dir, by=by)
+    rows = scored.by_task()
     parts = []
-    for name in [t["name"] for t in order if t["name"] in set(table.task)]:
-        part = table[table.task == name].sort_values(
-            ["score", "id"], ascending=[False, True], kind="stable"
-        )
-        if cut is not None:
-            keep = cut[1] if cut[0] == "count" else math.ceil(cut[1] * len(part))
-            part = part.head(int(keep))
-        parts.append(part.assign(rank=range(1, len(part) + 1)))
-    result = pd.concat(parts, ignore_index=True)[["rank", "id", "task", "score"]]
+    for name in task_order(run_dir, rows, task):
+        n = len(rows[name])
+        keep = n if cut is None else cut[1] if cut[0] == "count" else math.ceil(cut[1] * n)
+        parts.append(scored.highest(rows[name], int(min(keep, n))))
+    result = scored.frame(parts)
     if labels:
-        result["label"] = _label_column(run_dir, result)
+        result["label"] = labels_of(run_manifest(run_dir, "to show labels"), result)
     return result

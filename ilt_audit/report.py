@@ -23,6 +23,7 @@ import html
 import io
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
@@ -39,17 +42,20 @@ from ilt_audit import __version__
 from ilt_audit.card import TaskSpec
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import OptionError, RunDirError
-from ilt_audit.evaluation import evaluate
+from ilt_audit.evaluation import detection_table
 from ilt_audit.gate import LOG_SCORES, SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
 from ilt_audit.internal.files import write_text_atomic
 from ilt_audit.manifest import Manifest
-from ilt_audit.ranking import run_manifest
+from ilt_audit.ranking import Scores, run_manifest
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics
-from ilt_audit.trajectories import read_trajectories
+from ilt_audit.trajectories import TrajectoryMatrix, read_matrix
 
 THUMB = 96  # the longest side of a thumbnail, in pixels (larger inputs are shrunk)
 MAX_BOX_EPOCHS = 24  # box plots show at most this many epochs, evenly spread, always the last
 TRAJECTORIES = 8  # top flagged instances drawn against the median
+PLOT_SAMPLE = 20_000  # box plots and the median are drawn from at most this many instances per
+# task (per group, clean or corrupted, with a truth file): a seeded random sample of larger tasks
+SAMPLE_SEED = 0  # the same run gives the same sample, so the same figures
 CLEAN, CORRUPT, NEUTRAL = "#3b75af", "#d1495b", "#8c8c8c"
 
 
@@ -59,13 +65,16 @@ class _Page:
 
     run_dir: Path
     config: dict[str, Any]
-    trajectories: pd.DataFrame
     score: str  # the score name (ilt_audit.ranking.SCORES)
     value: str  # the trajectory column plotted: "log_sigma2" or "loss"
-    ranked: pd.DataFrame  # rank, id, task, score, label, suspect (+ corrupted with a truth file)
+    ranked: pd.DataFrame  # per task its suspects and `top` highest: rank, id, task, score, label,
+    # suspect (+ corrupted with a truth file)
     cutoffs: dict[str, Cutoff]
+    instances: dict[str, int]  # per task
     manifest: Manifest
     top: int
+    curves: TrajectoryMatrix | None = None  # every epoch of the plotted instances (_plotted)
+    groups: dict[str, list[_Group]] = field(default_factory=dict)  # task -> box plot groups
     truth: pd.DataFrame | None = None
     evaluation: pd.DataFrame | None = None
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> id -> prediction
@@ -103,12 +112,12 @@ def render_report(
 def _read(run_dir: Path, truth: str | Path | None, top: int, by: str | None) -> _Page:
     config = read_config(run_dir)
     score = resolve_score(run_dir, by)
-    ranked, cutoffs = find_suspects(run_dir, by=score)
-    trajectories = read_trajectories(run_dir)
     value = "loss" if score in LOG_SCORES else "log_sigma2"
     manifest = run_manifest(run_dir, "for thumbnails")
-    page = _Page(run_dir, config, trajectories, score, value, ranked, cutoffs, manifest, top)
-    page.rows = {v: i for i, v in enumerate(manifest.frame[manifest.card.id])}
+    found = find_suspects(run_dir, by=score, top=top, manifest=manifest)
+    page = _Page(
+        run_dir, config, score, value, found.table, found.cutoffs, found.instances, manifest, top
+    )
     if config.get("options", {}).get("weighting", "ilt") != "ilt":
         page.notes.append(
             f"This run was trained with --weighting {config['options']['weighting']}, which has no "
@@ -116,12 +125,108 @@ def _read(run_dir: Path, truth: str | Path | None, top: int, by: str | None) -> 
         )
     if truth is not None:
         page.truth = read_truth(truth)
-        page.evaluation = evaluate(run_dir, truth, by=score)
-        marked = page.ranked.merge(page.truth, on=["id", "task"], how="left").corrupted
-        # True / False, or None for an instance the corruption file does not name
-        page.ranked["corrupted"] = [None if pd.isna(v) else bool(v) for v in marked]
+        page.evaluation = detection_table(found.scores.to_frame(), page.truth, source=truth)
+        near = page.truth[page.truth.id.isin(page.ranked.id)]  # the listed instances' marks
+        marked = page.ranked.merge(near, on=["id", "task"], how="left").corrupted
+        # True / False, or <NA> for an instance the corruption file does not name
+        page.ranked["corrupted"] = marked.astype("boolean").to_numpy()
+    shown = page.ranked[page.ranked["rank"] <= page.top].id.unique()
+    rows = _manifest_rows(manifest, shown)
+    page.rows = dict(zip(shown[rows >= 0], rows[rows >= 0], strict=True))
+    _plotted(page, found.scores)
     page.predictions = _predict(page)
     return page
+
+
+def _manifest_rows(manifest: Manifest, ids: Any) -> np.ndarray:
+    """The manifest row of each id (-1 where the manifest has none)."""
+    known = pa.array(manifest.frame[manifest.card.id], pa.string())
+    found = pc.index_in(pa.array(ids, pa.string()), value_set=known)
+    return found.fill_null(-1).to_numpy()
+
+
+# --- the plotted instances -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Instances of one task drawn together: a box per epoch, or the median band."""
+
+    name: str  # "all", "clean" or "corrupted"
+    colour: str
+    columns: np.ndarray  # their columns in page.curves
+    total: int  # the group's instances, of which len(columns) are drawn
+
+
+def _plotted(page: _Page, scores: Scores) -> None:
+    """Choose the instances the plots are drawn from and read their trajectories, every epoch.
+
+    Per task: the ``all`` group (the median band, and the box plots without a truth file), or the
+    ``clean`` and ``corrupted`` groups, each a seeded random sample of at most
+    :data:`PLOT_SAMPLE` instances, and the top flagged instances; only their rows are read.
+    """
+    rng = np.random.default_rng(SAMPLE_SEED)
+    ids = scores.keys["id"]
+    rows = scores.by_task()
+    chosen: dict[str, list[tuple[str, str, pa.Array, int]]] = {}
+    for task in page.cutoffs:
+        members = rows[task]
+        groups = [("all", NEUTRAL, members)]
+        if page.truth is not None:
+            marks = page.truth[page.truth.task == task]
+            task_ids = ids.take(pa.array(members))
+            corrupted = _is_in(task_ids, marks.id[marks.corrupted])
+            if corrupted.any():
+                # the evaluation checked that the file names only the task's instances, each once:
+                # when it names as many as there are, it names every one
+                named = len(marks) == len(members) or _is_in(task_ids, marks.id)
+                groups += [
+                    ("clean", CLEAN, members[named & ~corrupted]),
+                    ("corrupted", CORRUPT, members[corrupted]),
+                ]
+        chosen[task] = [
+            (name, colour, ids.take(pa.array(_sample(rng, group))), len(group))
+            for name, colour, group in groups
+        ]
+    top = page.ranked[page.ranked["rank"] <= min(page.top, TRAJECTORIES)].id
+    wanted = pa.concat_arrays(
+        [pa.array(top, pa.string())]
+        + [sample.combine_chunks() for groups in chosen.values() for *_, sample, _ in groups]
+    )
+    page.curves = curves = read_matrix(page.run_dir, page.value, ids=pc.unique(wanted))
+    names, codes = curves.task_codes()
+    for task, groups in chosen.items():
+        here = codes == names.index(task)
+        page.groups[task] = [
+            _Group(name, colour, np.flatnonzero(here & _is_in(curves.keys["id"], sample)), total)
+            for name, colour, sample, total in groups
+        ]
+
+
+def _sample(rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
+    if len(rows) <= PLOT_SAMPLE:
+        return rows
+    return np.sort(rng.choice(rows, PLOT_SAMPLE, replace=False))
+
+
+def _is_in(ids: pa.Array | pa.ChunkedArray, values: Any) -> np.ndarray:
+    value_set = values if isinstance(values, pa.Array) else pa.array(values, pa.string())
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    return pc.is_in(ids, value_set=value_set).to_numpy(zero_copy_only=False)
+
+
+def _sample_note(page: _Page, task: str) -> str:
+    """Says which instances the plots show, when not every one."""
+    groups = page.groups[task]
+    if all(len(g.columns) == g.total for g in groups):
+        return ""
+    counts = "; ".join(f"{g.name}: {len(g.columns):,} of {g.total:,}" for g in groups)
+    return (
+        f"The box plots and the median band are drawn from a random sample of the instances "
+        f"(at most {PLOT_SAMPLE:,} per group, seed {SAMPLE_SEED}; {counts}); the flagged "
+        "instances' trajectories are their own."
+    )
 
 
 # --- predictions -----------------------------------------------------------------------------
@@ -326,38 +431,39 @@ def _value_label(page: _Page) -> str:
 
 def _box_figure(page: _Page, task: str) -> str:
     """The paper's Figure 6: the distribution of the task's values per epoch."""
-    t = page.trajectories[page.trajectories.task == task]
-    epochs = sorted(t.epoch.unique())
+    assert page.curves is not None
+    epochs = list(page.curves.epochs)
+    picks = list(range(len(epochs)))
     if len(epochs) > MAX_BOX_EPOCHS:
-        picks = np.linspace(0, len(epochs) - 1, MAX_BOX_EPOCHS).round().astype(int)
-        epochs = [epochs[i] for i in sorted(set(picks))]
+        picks = sorted(set(np.linspace(0, len(epochs) - 1, MAX_BOX_EPOCHS).round().astype(int)))
     figure = Figure(figsize=(7.2, 2.8))
     axes = figure.subplots()
-    groups: list[tuple[str, str, set[str] | None]] = [("all", NEUTRAL, None)]
-    if page.truth is not None:
-        marks = page.truth[page.truth.task == task]
-        corrupted = set(marks.id[marks.corrupted])
-        clean = set(marks.id[~marks.corrupted])
-        if corrupted:
-            groups = [("clean", CLEAN, clean), ("corrupted", CORRUPT, corrupted)]
+    groups = page.groups[task]
+    if len(groups) > 1:  # with a truth file: clean and corrupted, not all
+        groups = [g for g in groups if g.name != "all"]
     width = 0.8 / len(groups)
-    for g, (name, colour, ids) in enumerate(groups):
-        chosen = t if ids is None else t[t.id.isin(ids)]
-        data = [chosen[chosen.epoch == e][page.value].dropna().to_numpy() for e in epochs]
-        positions = np.arange(len(epochs)) + (g - (len(groups) - 1) / 2) * width
+    for g, group in enumerate(groups):
+        values = page.curves.values[np.ix_(picks, group.columns)]  # (epochs shown, instances)
+        data = [row[~np.isnan(row)] for row in values]
+        positions = np.arange(len(picks)) + (g - (len(groups) - 1) / 2) * width
         parts = axes.boxplot(
             data,
             positions=positions,
             widths=width * 0.85,
             patch_artist=True,
             manage_ticks=False,
-            flierprops={"marker": ".", "markersize": 2, "alpha": 0.4, "markeredgecolor": colour},
+            flierprops={
+                "marker": ".",
+                "markersize": 2,
+                "alpha": 0.4,
+                "markeredgecolor": group.colour,
+            },
             medianprops={"color": "black", "linewidth": 1},
         )
         for box in parts["boxes"]:
-            box.set(facecolor=colour, alpha=0.75, edgecolor=colour)
-        axes.plot([], [], color=colour, linewidth=6, alpha=0.75, label=name)
-    axes.set_xticks(np.arange(len(epochs)), [str(e) for e in epochs], fontsize=7)
+            box.set(facecolor=group.colour, alpha=0.75, edgecolor=group.colour)
+        axes.plot([], [], color=group.colour, linewidth=6, alpha=0.75, label=group.name)
+    axes.set_xticks(np.arange(len(picks)), [str(epochs[i]) for i in picks], fontsize=7)
     axes.set_xlabel("epoch")
     axes.set_ylabel(_value_label(page))
     if page.value == "loss":
@@ -370,12 +476,15 @@ def _box_figure(page: _Page, task: str) -> str:
 
 def _trajectory_figure(page: _Page, task: str) -> str:
     """The paper's Figure 3: the top flagged instances' trajectories against the task median."""
-    t = page.trajectories[page.trajectories.task == task]
-    wide = t.pivot_table(index="epoch", columns="id", values=page.value)  # (epochs, instances)
+    curves = page.curves
+    assert curves is not None
     figure = Figure(figsize=(7.2, 2.8))
     axes = figure.subplots()
-    epochs = wide.index.to_numpy()
-    low, median, high = (wide.quantile(q, axis=1).to_numpy() for q in (0.1, 0.5, 0.9))
+    epochs = np.array(curves.epochs)
+    (everyone,) = [g for g in page.groups[task] if g.name == "all"]
+    with warnings.catch_warnings():  # an epoch where every value is NaN draws nothing
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, median, high = np.nanquantile(curves.values[:, everyone.columns], [0.1, 0.5, 0.9], 1)
     axes.fill_between(
         epochs, low, high, color=NEUTRAL, alpha=0.25, linewidth=0, label="10–90% of instances"
     )
@@ -383,8 +492,12 @@ def _trajectory_figure(page: _Page, task: str) -> str:
     top = page.ranked[
         (page.ranked.task == task) & (page.ranked["rank"] <= min(page.top, TRAJECTORIES))
     ]
+    names, codes = curves.task_codes()
+    here = np.flatnonzero(codes == names.index(task))
+    found = pc.index_in(pa.array(top.id, pa.string()), value_set=curves.keys["id"].take(here))
+    columns = here[found.to_numpy()]  # each top instance's column in page.curves
     palette = colormaps["tab10"].colors
-    for i, row in enumerate(top.itertuples()):
+    for i, (row, column) in enumerate(zip(top.itertuples(), columns, strict=True)):
         style: dict[str, Any] = {"color": palette[i % len(palette)], "linewidth": 1.2}
         known = _known(row.corrupted) if "corrupted" in top.columns else None
         if known is not None:
@@ -394,7 +507,7 @@ def _trajectory_figure(page: _Page, task: str) -> str:
                 "linestyle": "-" if known else "--",
             }
         axes.plot(
-            epochs, wide[row.id].to_numpy(), alpha=0.9, label=f"#{row.rank} {row.id}", **style
+            epochs, curves.values[:, column], alpha=0.9, label=f"#{row.rank} {row.id}", **style
         )
     threshold = page.cutoffs[task].threshold
     axes.axhline(threshold, color=CORRUPT, linestyle=":", linewidth=1, label="suspect cut-off")
@@ -555,7 +668,7 @@ def _facts(page: _Page, tasks: list[TaskSpec]) -> str:
             ", ".join(f'{_e(t.name)} <span class="type">({_e(t.type)})</span>' for t in tasks),
         ),
         ("instances", _e(count)),
-        ("epochs", _e(int(page.trajectories.epoch.max()))),
+        ("epochs", _e(max(page.curves.epochs) if page.curves is not None else "?")),
         ("model", _e(model)),
         ("score", f"<code>{_e(page.score)}</code>: {_e(SCORE_NAMES.get(page.score, page.score))}"),
     ]
@@ -579,9 +692,9 @@ def _summary_table(page: _Page, tasks: list[TaskSpec]) -> str:
         cells: list[Cell] = [
             (f'<a href="#task-{_e(task.name)}">{_e(task.name)}</a>', False),
             (_e(task.type), False),
-            (str(len(part)), True),
+            (str(page.instances[task.name]), True),
             (str(suspects), True),
-            (_pct(suspects / len(part)), True),
+            (_pct(suspects / page.instances[task.name]), True),
             (f"{page.cutoffs[task.name].threshold:.3g}", True),
         ]
         if truth:
@@ -597,7 +710,7 @@ def _truth_cells(page: _Page, task: str, part: pd.DataFrame) -> list[Cell]:
     if figures.empty:  # no label of this task was corrupted
         return [("0", True)] + [("–", True)] * 5
     row = figures.iloc[0]
-    marked = np.array([_known(v) is True for v in part.corrupted], dtype=bool)
+    marked = part.corrupted.fillna(False).to_numpy(dtype=bool)  # unnamed instances are not
     hits = int((part.suspect.to_numpy() & marked).sum())
     suspects = int(part.suspect.sum())
     precision = f" ({_pct(hits / suspects)})" if suspects else ""
@@ -636,7 +749,7 @@ def _task_section(page: _Page, task: TaskSpec) -> str:
     parts = [
         f'<section class="task" id="task-{_e(name)}">',
         f'<h2>{_e(name)} <span class="type">{_e(task.type)}</span></h2>',
-        f'<p>{len(part)} instances, <b class="{verdict}">{suspects} suspect</b> '
+        f'<p>{page.instances[name]} instances, <b class="{verdict}">{suspects} suspect</b> '
         f"(score above {page.cutoffs[name].threshold:.3g}).</p>",
         '<div class="figures">',
         f'<figure><img src="{box}" alt="{_e(value)} of {_e(name)} per epoch"><figcaption>'
@@ -646,6 +759,7 @@ def _task_section(page: _Page, task: TaskSpec) -> str:
         f"<figcaption>The {min(page.top, TRAJECTORIES)} highest-scoring instances against the "
         f"task median, as the paper's Figure 3{colours}.</figcaption></figure>",
         "</div>",
+        *([f'<p class="muted">{_e(note)}</p>'] if (note := _sample_note(page, name)) else []),
         _flagged_table(page, task, part),
         "</section>",
     ]

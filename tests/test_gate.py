@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ilt_audit import gate as gate_module
 from ilt_audit.errors import OptionError
-from ilt_audit.gate import MAX_GAP, MIN_GAP, SIGMAS, cutoff, gate, parse_share
+from ilt_audit.gate import MAX_GAP, MIN_GAP, SIGMAS, cutoff, find_suspects, gate, parse_share
+from ilt_audit.ranking import rank
 from ilt_audit.training import train
 from ilt_audit.trajectories import read_trajectories, write_epoch
 
@@ -268,3 +270,43 @@ def test_csv_lists_the_suspects(cli, scored_run, tmp_path):
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["rank", "id", "task", "score", "label"]
     assert frame.id.tolist() == list(PLANTED)
+
+
+# --- suspects are decided on the scores; labels only for the rows listed -----------------------
+
+
+def test_suspect_lists_are_the_full_rankings_rows_above_the_cut_off(planted_run):
+    result = gate(planted_run.run, max_suspect="2%")
+    ranked = rank(planted_run.run, by=result.score)  # every instance, with its label
+    for verdict in result.tasks:
+        part = ranked[ranked.task == verdict.task]
+        threshold = cutoff(part.score.to_numpy()).threshold
+        expected = part[part.score > threshold][["rank", "id", "score", "label"]]
+        assert verdict.instances == len(part)
+        pd.testing.assert_frame_equal(verdict.suspect_list, expected.reset_index(drop=True))
+    assert sum(t.suspects for t in result.tasks) > 0  # the comparison is not vacuous
+
+
+def test_labels_are_looked_up_for_the_suspects_only(scored_run, monkeypatch):
+    seen = []
+    original = gate_module.labels_of
+
+    def spy(manifest, frame):
+        seen.append(sorted(frame.id))
+        return original(manifest, frame)
+
+    monkeypatch.setattr(gate_module, "labels_of", spy)
+    gate(scored_run, max_suspect="2%")
+    assert seen == [sorted(PLANTED)]  # 2 of 80 rows: the label task's suspects, no target row
+
+
+def test_find_suspects_lists_the_top_instances_beside_the_suspects(scored_run):
+    found = find_suspects(scored_run, top=5)
+    assert found.instances == {"label": 40, "target": 40}
+    table = found.table
+    assert table.groupby("task", sort=False).size().to_dict() == {"label": 5, "target": 5}
+    label = table[table.task == "label"]
+    assert label.id.tolist()[:2] == list(PLANTED)
+    assert label.suspect.tolist() == [True, True, False, False, False]
+    assert not table[table.task == "target"].suspect.any()
+    assert (label.label != "").all()

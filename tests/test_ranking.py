@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from ilt_audit import ranking
 from ilt_audit.errors import OptionError, RunDirError
 from ilt_audit.ranking import DEFAULT_BY, SCORES, parse_top, rank, scores
 from ilt_audit.rundir import write_config
-from ilt_audit.trajectories import write_epoch
+from ilt_audit.trajectories import epoch_file, epoch_files, write_epoch
 
 COLUMNS = ["rank", "id", "task", "score", "label"]
 
@@ -253,3 +257,91 @@ def test_cli_rank_of_a_folder_that_is_not_a_run(tmp_path, cli):
     result = cli("rank", tmp_path)
     assert result.exit_code == 2
     assert "no trajectory files" in result.err
+
+
+# --- what the scores read, and the cut before the labels ------------------------------------------
+
+
+def _break(path):
+    path.write_bytes(b"PAR1 not a parquet file")
+
+
+def test_final_and_loss_read_only_the_last_epoch(handmade_run):
+    run, p, q = handmade_run
+    for epoch in range(1, 8):  # every epoch but the last is unreadable
+        _break(epoch_file(run, epoch))
+    assert scores(run, by="final").set_index("id").score.to_dict() == {"p": p[-1], "q": q[-1]}
+    assert scores(run, by="loss").set_index("id").score.to_dict() == {"p": 2.0, "q": 8.0}
+    with pytest.raises(RunDirError, match="epoch-0001.parquet: unreadable trajectory file"):
+        scores(run, by="mean")
+
+
+def test_tail_reads_only_the_last_quarter_of_the_epochs(handmade_run):
+    run, p, q = handmade_run
+    for epoch in range(1, 7):  # 8 epochs: the tail is epochs 7 and 8
+        _break(epoch_file(run, epoch))
+    assert scores(run, by="tail").set_index("id").score.to_dict() == pytest.approx(
+        {"p": p[-2:].mean(), "q": q[-2:].mean()}
+    )
+
+
+def _reference_ranking(run, top_share):
+    """The ranking as it was defined before the cut moved ahead of the sort: pandas, every row."""
+    table = scores(run)
+    parts = []
+    for name in ["t", "u"]:
+        part = table[table.task == name].sort_values(
+            ["score", "id"], ascending=[False, True], kind="stable"
+        )
+        part = part.head(math.ceil(top_share * len(part)))
+        parts.append(part.assign(rank=range(1, len(part) + 1)))
+    return pd.concat(parts, ignore_index=True)[["rank", "id", "task", "score"]]
+
+
+@pytest.fixture
+def tied_run(tmp_path):
+    """200 instances, 2 tasks, scores on 4 levels (ties everywhere), one NaN; ids unsorted."""
+    rng = np.random.default_rng(7)
+    ids = [f"n{i:03d}" for i in rng.permutation(200)]
+    log_sigma2 = rng.integers(-2, 2, size=(200, 2)).astype(np.float32)  # (N, K)
+    log_sigma2[5, 1] = np.nan
+    write_epoch(tmp_path, 1, ids, ["t", "u"], log_sigma2, np.ones((200, 2)))
+    write_config(tmp_path, {"tasks": [{"name": "t", "type": "x"}, {"name": "u", "type": "x"}]})
+    return tmp_path
+
+
+@pytest.mark.parametrize("share", [0.01, 0.1, 0.33, 0.5, 0.999, 1.0])
+def test_cutting_first_keeps_the_rows_and_order_of_a_full_sort(tied_run, share):
+    ranked = rank(tied_run, top=f"{share:.1%}", labels=False)
+    expected = _reference_ranking(tied_run, float(f"{share:.1%}".rstrip("%")) / 100)
+    pd.testing.assert_frame_equal(ranked, expected, check_dtype=False)
+    kept = ranked[ranked.task == "u"]
+    assert kept.score.isna().sum() == (len(kept) == 200)  # NaN ranks last
+
+
+def test_labels_are_looked_up_for_the_kept_rows_only(planted_run, monkeypatch):
+    seen = []
+    original = ranking.labels_of
+
+    def spy(manifest, frame):
+        seen.append(len(frame))
+        return original(manifest, frame)
+
+    monkeypatch.setattr(ranking, "labels_of", spy)
+    top = rank(planted_run.run, top=3)
+    assert seen == [6]
+    full = rank(planted_run.run)
+    head = full.groupby("task", sort=False).head(3).reset_index(drop=True)
+    pd.testing.assert_frame_equal(top, head)  # the same rows and labels as cutting afterwards
+
+
+def test_an_instance_the_manifest_no_longer_has_gets_an_empty_label(planted_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(planted_run.run, run)
+    epoch = max(epoch_files(run))
+    table = pq.read_table(epoch_file(run, epoch)).to_pandas()
+    table.loc[table.id == "r003", "id"] = "gone"
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), epoch_file(run, epoch))
+    ranked = rank(run).set_index(["id", "task"]).label
+    assert ranked[("gone", "label")] == ""
+    assert ranked[("r004", "label")] != ""

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from browser import CHROMIUM, load_page
 from conftest import tiny_config, write_image_dataset
 from PIL import Image
 
-from ilt_audit.corruption import corrupt
+from ilt_audit import report
+from ilt_audit.corruption import TRUTH_SCHEMA, corrupt
 from ilt_audit.report import render_report
 from ilt_audit.training import train
 
@@ -166,3 +169,48 @@ def test_report_renders_in_a_real_browser(image_report, tmp_path):
     assert len(page.images) == len(_sources(image_report.html))
     assert page.broken_images == []
     assert all(image["width"] > 0 for image in page.images)
+
+
+# --- large runs: the plots come from a sample, read with an id filter ---------------------------
+
+
+def test_plots_of_a_large_task_come_from_a_seeded_sample_and_the_page_says_so(
+    planted_run, tmp_path, monkeypatch
+):
+    calls = []
+    original = report.read_matrix
+
+    def spy(run_dir, column, **filters):
+        calls.append(filters)
+        return original(run_dir, column, **filters)
+
+    monkeypatch.setattr(report, "read_matrix", spy)
+    monkeypatch.setattr(report, "PLOT_SAMPLE", 10)
+    first = render_report(planted_run.run, tmp_path / "a.html", top=3).read_text(encoding="utf-8")
+    assert "drawn from a random sample of the instances (at most 10 per group, seed 0" in first
+    assert "all: 10 of 60" in first
+    (read,) = calls  # one read of the plotted instances' trajectories, by id
+    ids = set(read["ids"].to_pylist())
+    assert len(ids) < 60  # 10 sampled per task and the top 3 of each, not every instance
+    assert ids >= {"r003", "r008"}  # a flipped and a shifted label, ranked on top
+    again = render_report(planted_run.run, tmp_path / "b.html", top=3).read_text(encoding="utf-8")
+    assert _sources(again)[1:] == _sources(first)[1:]  # the same sample, so the same figures
+
+
+def test_a_task_small_enough_is_plotted_whole_without_a_note(image_report, planted_run, tmp_path):
+    assert "random sample" not in image_report.html
+    html = render_report(planted_run.run, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "random sample" not in html
+
+
+def test_with_a_truth_file_clean_and_corrupted_labels_are_sampled_apart(
+    planted_run, tmp_path, monkeypatch
+):
+    ids = [f"r{i:03d}" for i in range(60)]
+    truth = tmp_path / "corruption.parquet"
+    corrupted = [i in planted_run.flipped for i in ids]
+    pq.write_table(pa.table([ids, ["label"] * 60, corrupted], schema=TRUTH_SCHEMA), truth)
+    monkeypatch.setattr(report, "PLOT_SAMPLE", 10)
+    path = render_report(planted_run.run, tmp_path / "r.html", truth=truth, top=3)
+    section = path.read_text(encoding="utf-8").split('id="task-label"', 1)[1].split("</section>")[0]
+    assert "all: 10 of 60; clean: 10 of 55; corrupted: 5 of 5" in section
