@@ -26,6 +26,8 @@ _LAZY = {
     "corrupt": "ilt_audit.corruption",
     "evaluate": "ilt_audit.evaluation",
     "read_trajectories": "ilt_audit.trajectories",
+    "read_epochs": "ilt_audit.trajectories",
+    "read_matrix": "ilt_audit.trajectories",
 }
 
 __all__ = ["__version__", *_LAZY]

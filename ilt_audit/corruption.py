@@ -537,9 +537,9 @@ def read_truth(path: str | Path) -> pd.DataFrame:
             raise TruthError(f"{path}: column {name!r} has {column.null_count} empty value(s)")
     frame = pd.DataFrame(
         {
-            "id": pd.Series(table.column("id").to_pylist(), dtype=str),
-            "task": pd.Series(table.column("task").to_pylist(), dtype=str),
-            "corrupted": pd.Series(table.column("corrupted").to_pylist(), dtype=bool),
+            "id": table.column("id").to_pandas().astype(str),
+            "task": table.column("task").to_pandas().astype(str),
+            "corrupted": table.column("corrupted").to_pandas().astype(bool),
         }
     )
     duplicated = frame[frame.duplicated(["id", "task"])]

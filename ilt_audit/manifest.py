@@ -221,7 +221,7 @@ def _check_classes(card: Card, frame: pd.DataFrame, task: TaskSpec) -> tuple[str
     elif isinstance(task.classes, int):
         allowed = tuple(str(i) for i in range(task.classes))
     else:
-        found = sorted(set(texts))
+        found = sorted(texts.unique().tolist())
         numeric = all(re.fullmatch(r"-?\d+", t) for t in found)
         allowed = tuple(sorted(found, key=int) if numeric else found)
         if len(allowed) < 2:

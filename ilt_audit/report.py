@@ -241,11 +241,6 @@ def _predict(page: _Page) -> dict[str, dict[str, Any]]:
     When that is impossible (no checkpoint, the card changed) the page says why and shows labels
     only.
     """
-    import torch
-
-    from ilt_audit.data import Normalisation, load_dataset
-    from ilt_audit.training import predict
-
     path = page.run_dir / CHECKPOINT
     card = page.manifest.card
     if not path.is_file():
@@ -259,6 +254,11 @@ def _predict(page: _Page) -> dict[str, dict[str, Any]]:
             "they are now, and the model's predictions are not shown."
         )
         return {}
+    import torch  # only now: a page without predictions never pays for it
+
+    from ilt_audit.data import Normalisation, load_dataset
+    from ilt_audit.training import predict
+
     shown = _shown(page)
     saved = page.config.get("normalisation")
     if saved:

@@ -183,6 +183,26 @@ def test_cli_rank_table(planted_run, cli):
         assert row_id in result.stdout
 
 
+def test_cli_rank_table_shows_the_top_of_each_task_and_says_what_it_left_out(
+    planted_run, cli, monkeypatch
+):
+    from ilt_audit import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "TABLE_ROWS", 4)
+    result = cli("rank", planted_run.run)
+    assert result.exit_code == 0, result.stderr
+    everything = rank(planted_run.run)
+    shown = everything.groupby("task", sort=False).head(4)
+    for row_id in shown.id:
+        assert f" {row_id} " in result.out
+    hidden = set(everything.id[everything["rank"] == 5]) - set(shown.id)
+    assert hidden and not any(f" {row_id} " in result.out for row_id in hidden)
+    assert f"{len(everything) - 8:,} more rows not shown" in result.err
+    assert "--output FILE" in result.err
+    full = cli("rank", planted_run.run, "--format", "csv")  # a machine format keeps every row
+    assert len(pd.read_csv(io.StringIO(full.stdout))) == len(everything)
+
+
 def test_cli_rank_csv_parses_back(planted_run, cli):
     result = cli("rank", planted_run.run, "--top", "3", "--format", "csv")
     assert result.exit_code == 0, result.stderr
