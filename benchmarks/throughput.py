@@ -570,7 +570,7 @@ def plain_images(card: Path, settings: Settings) -> dict[str, Any]:
         dataset,
         batch_size=config.batch_size,
         shuffle=True,
-        num_workers=default_workers(),
+        num_workers=default_workers(device),  # the count `train` uses on this device
         pin_memory=device.type == "cuda",
         persistent_workers=True,
         generator=torch.Generator().manual_seed(config.seed),
@@ -588,7 +588,7 @@ def plain_images(card: Path, settings: Settings) -> dict[str, Any]:
     return {
         "epoch_s": seconds,
         "samples_per_s": [round(len(dataset) / s, 2) for s in seconds],
-        "workers": default_workers(),
+        "workers": default_workers(device),
     }
 
 
@@ -839,7 +839,8 @@ def images_section(settings: Settings, records: list[dict[str, Any]]) -> list[st
         f"### Images: {IMAGE_SIZE}x{IMAGE_SIZE} RGB, classification + segmentation + depth, "
         f"batch {TrainConfig().batch_size}, {settings.image_epochs} "
         f"epoch{'s' if settings.image_epochs > 1 else ''}, "
-        f"{default_workers()} DataLoader workers",
+        f"{default_workers(resolve_device(settings.device))} DataLoader workers (`train`'s default "
+        "on this device)",
         "",
         "Instances/s over the whole epoch, worker start-up included, for `train` (ILT) as for "
         "the plain torchvision loop (its own `Dataset`: PIL, numpy, transforms v2; the same "
