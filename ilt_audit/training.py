@@ -465,8 +465,8 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                     completed=step,
                     info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
                 )
-    seconds = time.perf_counter() - started
     run.weighting.end_epoch(last_loss, trained)  # ILT's sparse update, once per row
+    seconds = time.perf_counter() - started  # the update included: it is part of ILT's cost
     mean_losses = last_loss.mean(dim=0)  # (K,)
     row: dict[str, Any] = {
         "epoch": epoch,
