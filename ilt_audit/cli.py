@@ -108,7 +108,7 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
 
         per_task = frame.groupby("task", sort=False) if "task" in frame.columns else None
         shown = per_task.head(TABLE_ROWS) if per_task is not None else frame.head(TABLE_ROWS)
-        table = Table(title=title)
+        table = Table(title=_cell(title))
         for column in shown.columns:
             table.add_column(
                 str(column), justify="right" if shown[column].dtype.kind in "if" else "left"
@@ -149,10 +149,13 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
 TABLE_ROWS = 500  # rows per task in a terminal table
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Any:
+    """A table cell as plain text: ids, labels and paths are data, never Rich markup."""
+    from rich.text import Text
+
     if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+        return Text(f"{value:.4f}")
+    return Text(str(value))
 
 
 FormatOption = Annotated[
@@ -431,13 +434,13 @@ def _print_gate(result: Any) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"Suspect labels in {result.run_dir} (score {result.score})")
+    table = Table(title=_cell(f"Suspect labels in {result.run_dir} (score {result.score})"))
     for column in ("task", "instances", "suspects", "share", "limit", "cut-off", "result"):
         table.add_column(column, justify="left" if column in ("task", "result") else "right")
     for t in result.tasks:
         verdict = "[green]pass[/]" if t.passed else "[bold red]FAIL[/]"
         table.add_row(
-            t.task,
+            _cell(t.task),
             str(t.instances),
             str(t.suspects),
             f"{t.share:.1%}",
@@ -449,13 +452,15 @@ def _print_gate(result: Any) -> None:
     for t in result.failed:
         shown = t.suspect_list.head(20)
         listing = Table(
-            title=f"Suspects of {t.task}"
-            + (f" (top {len(shown)} of {t.suspects})" if t.suspects > 20 else "")
+            title=_cell(
+                f"Suspects of {t.task}"
+                + (f" (top {len(shown)} of {t.suspects})" if t.suspects > 20 else "")
+            )
         )
         for column in ("rank", "id", "score", "label"):
             listing.add_column(column, justify="right" if column in ("rank", "score") else "left")
         for row in shown.itertuples():
-            listing.add_row(str(row.rank), str(row.id), f"{row.score:.4f}", str(row.label))
+            listing.add_row(str(row.rank), _cell(row.id), f"{row.score:.4f}", _cell(row.label))
         console.print(listing)
 
 

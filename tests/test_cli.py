@@ -240,3 +240,25 @@ def test_resume_without_epochs_finishes_the_planned_run(features_card, tmp_path,
     result = cli("train", features_card, "--out", run, "--resume")
     assert result.exit_code == 0, result.stderr
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
+
+
+def test_ids_with_rich_markup_are_shown_as_text_not_parsed(make_features_card, tmp_path, tiny, cli):
+    from ilt_audit.training import train
+
+    card = make_features_card(tmp_path / "data")
+    table = card.parent / "manifest.csv"
+    odd = {"r003": "[/]", "r004": "[bold]x[/bold]", "r005": "[red"}
+    text = table.read_text()
+    for old, new in odd.items():
+        text = text.replace(f"\n{old},", f'\n"{new}",')
+    table.write_text(text)
+    run = tmp_path / "run"
+    train(card, run, config=tiny())
+
+    ranked = cli("rank", run)
+    assert ranked.exit_code == 0, ranked.stderr
+    for shown in odd.values():
+        assert shown in ranked.stdout  # printed as written, markup and all
+    gated = cli("gate", run, "--max-suspect", "0")
+    assert gated.exit_code in (0, 1), gated.stderr  # a verdict, not a crash
+    assert "Traceback" not in gated.stdout + gated.stderr
