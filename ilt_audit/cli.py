@@ -131,7 +131,7 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
 
     def write(target: Any) -> None:
         if fmt is Format.csv:
-            frame.to_csv(target, index=False)
+            _csv_safe(frame).to_csv(target, index=False)
         elif fmt is Format.json:
             text = frame.to_json(orient="records", indent=2, force_ascii=False)
             target.write_text(text + "\n") if isinstance(target, Path) else target.write(
@@ -147,6 +147,21 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
 
 
 TABLE_ROWS = 500  # rows per task in a terminal table
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads such a cell as a formula
+
+
+def _csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula get a leading ``'`` (OWASP's advice
+    on CSV injection); numeric columns (ranks, scores) stay plain numbers."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype.kind in "biufc":
+            continue
+        text = safe[column].astype(str)
+        risky = text.str.startswith(FORMULA_START)
+        if risky.any():
+            safe[column] = safe[column].where(~risky, "'" + text)
+    return safe
 
 
 def _cell(value: Any) -> Any:

@@ -374,8 +374,15 @@ def rule_text(score: str) -> str:
     )
 
 
+_MD_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+
+
 def _md(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Untrusted text (an id, a label) as literal Markdown: punctuation backslash-escaped, HTML
+    characters as entities, one line. ``<script>`` renders as text, ``|`` stays in its cell."""
+    one_line = " ".join(str(text).splitlines())
+    escaped = _MD_PUNCTUATION.sub(r"\\\1", one_line)
+    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def markdown_summary(result: GateResult, *, top: int = 10) -> str:

@@ -262,3 +262,31 @@ def test_ids_with_rich_markup_are_shown_as_text_not_parsed(make_features_card, t
     gated = cli("gate", run, "--max-suspect", "0")
     assert gated.exit_code in (0, 1), gated.stderr  # a verdict, not a crash
     assert "Traceback" not in gated.stdout + gated.stderr
+
+
+def test_csv_output_neutralises_formula_cells_and_keeps_numbers():
+    import pandas as pd
+
+    from ilt_audit.cli import _csv_safe
+
+    frame = pd.DataFrame(
+        {
+            "rank": [1, 2, 3],
+            "id": ["=cmd|' /C calc'!A0", "@SUM(1)", "plain"],
+            "score": [-1.5, 0.25, 2.0],
+            "label": ["+1", "-2", "a"],
+        }
+    )
+    safe = _csv_safe(frame)
+    assert safe.id.tolist() == ["'=cmd|' /C calc'!A0", "'@SUM(1)", "plain"]
+    assert safe.label.tolist() == ["'+1", "'-2", "a"]
+    assert safe.score.tolist() == [-1.5, 0.25, 2.0] and safe["rank"].tolist() == [1, 2, 3]
+    assert frame.id[0].startswith("=")  # the caller's frame is left alone
+
+
+def test_gate_summary_shows_untrusted_ids_as_text():
+    from ilt_audit.gate import _md
+
+    assert _md("<script>alert(1)</script>") == "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
+    assert _md("a|b\nc") == "a\\|b c"
+    assert _md("`x`") == "\\`x\\`"
