@@ -25,3 +25,8 @@ class OptionError(IltAuditError):
 
 class TrainingDiverged(IltAuditError):
     """Training produced a non-finite loss; the epochs finished before it are kept."""
+
+
+class OutputError(IltAuditError):
+    """An output file cannot be written: its folder is missing or not writable, or the disk is
+    full."""

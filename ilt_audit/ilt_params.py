@@ -45,17 +45,8 @@ class InstanceParams:
     def device(self) -> torch.device:
         return self.log_sigma2.device
 
-    def gather(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The batch's rows, copied to ``device``: (B, K). Only these rows travel."""
-        if index.device != self.device:
-            index = index.to(self.device)
-        rows = torch.index_select(self.log_sigma2, 0, index)
-        return rows if rows.device == device else rows.to(device, non_blocking=True)
-
     @torch.no_grad()
-    def step(
-        self, index: torch.Tensor, grad: torch.Tensor, current: torch.Tensor | None = None
-    ) -> None:
+    def step(self, index: torch.Tensor, grad: torch.Tensor) -> None:
         """Sparse SGD with momentum on the rows ``index`` only, given their gradient (B, K).
 
         buf ← μ·buf + g;  s ← clamp(s − lr·buf, −4, 4). Rows outside ``index`` keep their value
@@ -67,20 +58,17 @@ class InstanceParams:
         ``grad_clip`` is set the momentum of an entry that hits the clamp is reset, so that it
         does not keep pushing against the bound for many epochs after the spike.
 
-        ``current`` is the rows' value as :meth:`gather` gave it, when the caller still holds it
-        (it saves reading the table twice). The step runs once per batch on (B, K) tensors: it is
-        written as in-place ``index_select`` / ``index_copy_`` operations because their fixed
-        cost, not the arithmetic, is what a step costs next to the network's.
+        The step is written as ``index_select`` / ``index_copy_`` on the rows it moves: it
+        reads and writes each of them once.
         """
         if grad.device != self.device:  # the table lives on the CPU, the batch on the GPU
-            index, grad, current = index.to(self.device), grad.to(self.device), None
+            index, grad = index.to(self.device), grad.to(self.device)
         elif index.device != self.device:
             index = index.to(self.device)
         if self.grad_clip is not None:
             grad = grad.clamp(-self.grad_clip, self.grad_clip)
         buf = torch.index_select(self.momentum_buffer, 0, index).mul_(self.momentum).add_(grad)
-        if current is None:
-            current = torch.index_select(self.log_sigma2, 0, index)
+        current = torch.index_select(self.log_sigma2, 0, index)
         moved = current.sub(buf, alpha=self.lr)  # (B, K)
         if self.grad_clip is not None:
             buf.masked_fill_(moved.abs() > CLAMP, 0.0)

@@ -95,7 +95,7 @@ class TrajectoryWriter:
             schema=SCHEMA.with_metadata(self.metadata),
         )
         path = epoch_file(self.run_dir, epoch, rank)
-        write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp), make_folder=True)
         return path
 
 

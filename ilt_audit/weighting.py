@@ -57,8 +57,13 @@ class ILTWeighting(Weighting):
     Every instance is in exactly one batch of an epoch, so its row is updated once per epoch and
     read by no other batch of that epoch: updating it right after its batch or at the end of the
     epoch gives the same values. The update is applied at the end of the epoch, for every row at
-    once, from the losses the loop records anyway; a batch then costs one gather and two
-    element-wise operations on (B, K).
+    once, from the losses the loop records anyway.
+
+    The parameters are constant within an epoch, so each instance's weight ``scale·e^(−s)`` is
+    too: it is computed once for the whole table (``weights``, (N, K), recomputed whenever the
+    table has changed, however it was written) and a batch costs one gather and one dot product.
+    ``forward`` returns ``Σ_k scale·l·e^(−s)`` averaged over the batch: eq. (1) without its
+    ``+ log σ²`` term, which is constant for the network and would cost a second gather.
     """
 
     name = "ilt"
@@ -67,22 +72,40 @@ class ILTWeighting(Weighting):
         super().__init__(scale)
         self.params = params
         self.register_buffer("log_scale", torch.log(scale))  # (K,)
+        self._weights = torch.empty(0)
+        self._weights_of: tuple[int, int] | None = None  # (id, version) of the table they match
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Every instance's weight ``scale·e^(−s)``, (N, K), on the table's device.
+
+        Kept in step with the table through its identity and PyTorch's version counter, which
+        every in-place write (the update, ``load_state_dict``, an indexed assignment) advances.
+        """
+        table = self.params.log_sigma2
+        key = (id(table), table._version)
+        if key != self._weights_of:
+            self._weights = torch.exp(self.log_scale.to(table.device) - table)
+            self._weights_of = key
+        return self._weights
 
     def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        log_sigma2 = self.params.gather(index, l.device)  # (B, K), no gradient
-        weight = torch.exp(self.log_scale - log_sigma2)  # (B, K): scale / σ²
-        # eq. (1): nll(l, log σ², scale) = l · scale / σ² + log σ², summed over tasks, batch mean
-        return torch.addcmul(log_sigma2, l, weight).sum(dim=1).mean()
+        weights = self.weights
+        if index.device != weights.device:
+            index = index.to(weights.device)
+        weight = torch.index_select(weights, 0, index)  # (B, K), no gradient
+        if weight.device != l.device:
+            weight = weight.to(l.device, non_blocking=True)
+        return torch.dot(l.float().reshape(-1), weight.reshape(-1)) / len(index)
 
     @torch.no_grad()
     def end_epoch(self, losses: torch.Tensor, seen: torch.Tensor) -> None:
         rows = torch.nonzero(seen.to(self.params.device)).squeeze(1)  # (R,)
-        log_sigma2 = torch.index_select(self.params.log_sigma2, 0, rows)  # (R, K)
         l = torch.index_select(losses.to(self.params.device), 0, rows)  # (R, K)
-        weight = torch.exp(self.log_scale.to(self.params.device) - log_sigma2)
+        weight = torch.index_select(self.weights, 0, rows)  # scale·e^(−s) of the epoch
         # The instance's own gradient 1 − scale·l/σ², not the batch mean's 1/B share of it, so
         # that the learning rate does not depend on the batch size.
-        self.params.step(rows, 1.0 - l * weight, current=log_sigma2)
+        self.params.step(rows, 1.0 - l * weight)
 
 
 class UncertaintyWeighting(Weighting):

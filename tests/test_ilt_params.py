@@ -39,15 +39,6 @@ def test_step_clamps_to_plus_minus_four():
     assert CLAMP == 4.0
 
 
-def test_gather_copies_the_batch_rows():
-    params = InstanceParams(5, 2, lr=0.1)
-    params.log_sigma2[3] = torch.tensor([1.0, 2.0])
-    rows = params.gather(torch.tensor([3, 0]), torch.device("cpu"))
-    assert rows.tolist() == [[1.0, 2.0], [0.0, 0.0]]
-    rows.add_(100.0)
-    assert params.log_sigma2[3].tolist() == [1.0, 2.0]  # the table is not a view of the batch
-
-
 def test_state_dict_round_trip_restores_values_and_momentum():
     params = InstanceParams(4, 2, lr=0.3)
     params.step(torch.tensor([0, 2]), torch.tensor([[1.0, -1.0], [2.0, 0.5]]))

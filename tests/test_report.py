@@ -133,11 +133,19 @@ def test_a_run_without_checkpoint_still_reports_without_predictions(planted_run,
 
 
 def test_report_command_writes_the_page(cli, planted_run, tmp_path):
-    out = tmp_path / "out" / "report.html"
+    out = tmp_path / "report.html"
     result = cli("report", planted_run.run, "--out", out, "--top", "3")
     assert result.exit_code == 0, result.stderr
     assert f"Report: {out}" in result.err
     assert out.read_text(encoding="utf-8").rstrip().endswith("</html>")
+
+
+def test_report_into_a_missing_folder_is_refused(cli, planted_run, tmp_path):
+    out = tmp_path / "missing" / "report.html"
+    result = cli("report", planted_run.run, "--out", out)
+    assert result.exit_code == 2
+    assert f"the folder {out.parent} does not exist" in result.err
+    assert not out.parent.exists()
 
 
 @pytest.mark.parametrize(

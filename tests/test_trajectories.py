@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ilt_audit.errors import RunDirError
+from ilt_audit.errors import OutputError, RunDirError
 from ilt_audit.trajectories import (
     SCHEMA,
     epoch_file,
@@ -84,7 +84,7 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="cannot write .*epoch-0001.parquet: disk full"):
         _write(tmp_path, 1)
     assert list((tmp_path / "trajectories").iterdir()) == []
 

@@ -207,14 +207,38 @@ def test_ilt_params_start_at_zero():
     assert torch.equal(weighting.params.momentum_buffer, torch.zeros(10, 2))
 
 
-def test_ilt_loss_is_the_batch_mean_of_the_task_sum():
+def test_ilt_loss_is_eq1_without_its_constant_log_sigma2_term():
     weighting = _ilt()
     index = torch.tensor([1, 4, 7])
     weighting.params.log_sigma2[index] = torch.tensor([[0.5, -1.0], [2.0, 0.0], [-3.0, 1.0]])
     l_ik = torch.tensor([[1.0, 2.0], [0.5, 4.0], [3.0, 0.1]])
     s = weighting.params.log_sigma2[index]
-    expected = (l_ik * torch.exp(-s) * torch.tensor([CLS, REG]) + s).sum(dim=1).mean()  # eq. (1)
-    assert torch.allclose(weighting(l_ik, index), expected)
+    eq1 = (l_ik * torch.exp(-s) * torch.tensor([CLS, REG]) + s).sum(dim=1).mean()
+    # the log σ² term has no gradient for the network: the loss leaves it out
+    assert torch.allclose(weighting(l_ik, index), eq1 - s.sum(dim=1).mean())
+
+
+def test_ilt_weights_follow_every_write_to_the_table():
+    weighting = _ilt(n=4)
+    index = torch.tensor([2, 3])
+    l_ik = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    scale = torch.tensor([CLS, REG])
+
+    def expected() -> torch.Tensor:
+        s = weighting.params.log_sigma2[index]
+        return (l_ik * scale * torch.exp(-s)).sum(dim=1).mean()
+
+    assert torch.allclose(weighting(l_ik, index), expected())  # weights computed and cached
+    weighting.params.log_sigma2[3] = torch.tensor([1.5, -0.5])  # an indexed write
+    assert torch.allclose(weighting(l_ik, index), expected())
+    other = _ilt(n=4)
+    other.params.log_sigma2.fill_(2.0)
+    weighting.params.load_state_dict(other.params.state_dict())  # a resume
+    assert torch.allclose(weighting(l_ik, index), expected())
+    _step(weighting, l_ik, index)  # the end-of-epoch update
+    assert torch.allclose(weighting(l_ik, index), expected())
+    weighting.params.log_sigma2 = torch.zeros(4, 2)  # a new table altogether
+    assert torch.allclose(weighting(l_ik, index), expected())
 
 
 def test_ilt_loss_backpropagates_into_the_losses_not_into_the_table():

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ilt_audit.errors import OutputError
 from ilt_audit.internal.files import write_text_atomic
 
 
@@ -32,6 +33,6 @@ def read_cached(kind: str, key: str) -> dict[str, Any] | None:
 
 def write_cached(kind: str, key: str, value: dict[str, Any]) -> None:
     try:
-        write_text_atomic(cache_dir() / kind / f"{key}.json", json.dumps(value))
-    except OSError:
+        write_text_atomic(cache_dir() / kind / f"{key}.json", json.dumps(value), make_folder=True)
+    except (OSError, OutputError):
         pass  # a read-only home: the next run checks the files again
