@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -26,6 +27,19 @@ DENSE_TYPES = ("segmentation", "dense-regression")
 INPUT_TYPES = ("image", "features")
 TABLE_READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _TASK_NAME = re.compile(r"^[a-z0-9_-]+$")
+# The most pixels (or values) an image, a map or the card's [input] size may claim: Pillow's own
+# default (0.25 GiB of RGBA). Checked against a file's header before the decoder allocates.
+MAX_PIXELS = 89_478_485
+# A path that leaves the folder it is relative to by its text alone: absolute (POSIX, a Windows
+# drive or a backslash root) or with a ".." component. One pattern for the card's ``table``
+# (``re``) and for a manifest's path columns (pyarrow's RE2, vectorised).
+ESCAPING_PATH = r"^(?:[/\\]|[A-Za-z]:)|(?:^|[/\\])\.\.(?:[/\\]|$)"
+_ALLOW = "set allow_outside_paths = true in the card if the data really lives elsewhere"
+OUTSIDE_PATH = f"the path leads outside the card's folder ({_ALLOW})"
+OUTSIDE_LINK = (
+    "the file is a symbolic link (or in a linked folder) that leads outside the card's folder "
+    f"({_ALLOW})"
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class Card:
     input: InputSpec
     tasks: tuple[TaskSpec, ...]
     split: str | None = None  # optional column: "train" rows are trained on, "val" rows validated
+    allow_outside_paths: bool = False  # paths may lead outside the card's folder (SPEC section 8)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -83,6 +98,13 @@ class Card:
                 return task
         names = ", ".join(t.name for t in self.tasks)
         raise CardError(f"{self.path}: no task named {name!r}; the card's tasks are: {names}")
+
+    def leaves_folder(self, path: Path) -> bool:
+        """Whether a file, its symbolic links followed, lies outside the card's folder (and the
+        card does not allow that). ``root`` is already resolved (:func:`load_card`)."""
+        if self.allow_outside_paths:
+            return False
+        return not os.path.realpath(path).startswith(os.path.join(self.root, ""))
 
     def sha256(self) -> str:
         """Hash of the card and its manifest table, recorded in a run's config."""
@@ -105,6 +127,12 @@ def load_card(path: str | Path) -> Card:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CardError(f"{path}: not a valid TOML file: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise CardError(
+            f"{path}: not a valid dataset card: its values are nested too deeply"
+        ) from None
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read the dataset card: {exc.strerror or exc}") from None
     return _parse_card(path.resolve(), raw)
 
 
@@ -126,6 +154,13 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
     split = raw.get("split")
     if split is not None and not isinstance(split, str):
         raise CardError(f"{path}: 'split' must be a column name, got {split!r}")
+    allow_outside = raw.get("allow_outside_paths", False)
+    if not isinstance(allow_outside, bool):
+        raise CardError(
+            f"{path}: 'allow_outside_paths' must be true or false, got {allow_outside!r}"
+        )
+    if not allow_outside and re.search(ESCAPING_PATH, table):
+        raise CardError(f"{path}: table {table!r}: {OUTSIDE_PATH}")
 
     input_raw = raw.get("input")
     if not isinstance(input_raw, dict):
@@ -143,7 +178,7 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
                 f"{path}: task {dense[0]!r} is a dense task, which needs an image input, "
                 'but [input] type is "features"'
             )
-    return Card(path, table, id_column, input_spec, tasks, split, raw)
+    return Card(path, table, id_column, input_spec, tasks, split, allow_outside, raw)
 
 
 def _parse_input(path: Path, spec: dict[str, Any]) -> InputSpec:
@@ -163,6 +198,11 @@ def _parse_input(path: Path, spec: dict[str, Any]) -> InputSpec:
             and all(isinstance(v, int) and v > 0 for v in size)
         ):
             raise CardError(f"{path}: [input] size must be [height, width], got {size!r}")
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
+            raise CardError(
+                f"{path}: [input] size {size[0]}x{size[1]} is more than the {MAX_PIXELS:,} pixels "
+                "an image may have"
+            )
         return InputSpec("image", (column,), tuple(size) if size else None)
     columns = spec.get("columns")
     prefix = spec.get("prefix")

@@ -1,20 +1,23 @@
 """The ``ilt-audit`` command line: parse options, call the library, render the result.
 
-Library errors (:class:`ilt_audit.errors.IltAuditError`) become one ``Error: …`` line on stderr and
-exit code 2. Heavy modules (torch, pandas) are imported inside the commands so that ``--help``
-stays fast.
+Exit codes (SPEC section 8), decided in one place (:class:`_Guarded`): 0 success; 1 only a gate
+over its limit; 2 bad input, usage, an unfinished run, a held lock or an I/O error, as one
+``Error: …`` line on stderr (the library's :class:`ilt_audit.errors.IltAuditError`); 3 an
+internal error, a bug, with its traceback and a line saying so; 130 interrupted. Heavy modules
+(torch, pandas) are imported inside the commands so that ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import traceback
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from ilt_audit import __version__
 from ilt_audit.errors import IltAuditError
@@ -22,7 +25,56 @@ from ilt_audit.errors import IltAuditError
 if TYPE_CHECKING:
     import pandas as pd
 
+BUG = 3  # the exit code of an internal error
+INTERRUPTED = 130
+
+
+class _Guarded(TyperGroup):
+    """The command group, with every way out of a command mapped to its exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own ways out: an exit code, a usage error (2)
+        except IltAuditError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", INTERRUPTED) from None
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise _fail("the output was closed before everything was written") from None
+        except MemoryError:
+            raise _fail(
+                "out of memory; try a smaller --batch-size or fewer --workers, or a machine with "
+                "more memory"
+            ) from None
+        except Exception:
+            from ilt_audit.internal.console import err_console
+
+            sys.stderr.write(traceback.format_exc())
+            err_console.print(
+                f"[bold red]Internal error[/] (exit {BUG}): this is a bug in ilt-audit "
+                f"{__version__}, not a problem with your data. Please report it with the "
+                "traceback above.",
+                highlight=False,
+            )
+            raise typer.Exit(BUG) from None
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so that the exit flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (tests)
+        pass
+    finally:
+        os.close(devnull)
+
+
 app = typer.Typer(
+    cls=_Guarded,
     no_args_is_help=True,
     add_completion=False,
     help="Find wrong labels in multi-task datasets with instance-level task parameters.",
@@ -75,22 +127,31 @@ def _main(
     """Find wrong labels in multi-task datasets with instance-level task parameters."""
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
+def _open(run_dir: Path, allow_partial: bool) -> Any:
+    """The one door: open the run (an unfinished one refused unless ``allow_partial``), and say
+    on stderr when it is read unfinished."""
+    from ilt_audit.internal.console import err_console
+    from ilt_audit.rundir import open_run
+
+    run = open_run(run_dir, allow_partial=allow_partial)
+    if run.partial_note:
+        err_console.print(f"[yellow]Warning:[/] {_markup_safe(run.partial_note)}", highlight=False)
+    return run
+
+
+def _markup_safe(text: str) -> str:
     from rich.markup import escape
 
+    return escape(text)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
     from ilt_audit.internal.console import err_console
 
-    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]Error:[/] {_markup_safe(message)}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn the library's named errors into ``Error: …`` and exit code 2."""
-    try:
-        yield
-    except IltAuditError as exc:
-        raise _fail(str(exc)) from None
 
 
 def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> None:
@@ -179,6 +240,13 @@ FormatOption = Annotated[
 OutputOption = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write to this file instead of the terminal.")
 ]
+AllowPartialOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-partial",
+        help="Read a run that did not finish its planned epochs, as it is (the output says so).",
+    ),
+]
 ByOption = Annotated[
     str | None,
     typer.Option("--by", help="Score: final (default), tail, mean, or loss (small-loss baseline)."),
@@ -223,6 +291,14 @@ def train(
             help="Decode every file again even if an identical check of these files is cached.",
         ),
     ] = False,
+    accept_changed_files: Annotated[
+        bool,
+        typer.Option(
+            "--accept-changed-files",
+            help="With --resume: go on even if files the manifest names changed since the run "
+            "started (a warning says how many).",
+        ),
+    ] = False,
 ) -> None:
     """Train a multi-task network with ILT parameters and write the run directory.
 
@@ -230,6 +306,7 @@ def train(
     """
     import dataclasses
 
+    from ilt_audit.distributed import from_env
     from ilt_audit.internal.console import err_console
     from ilt_audit.training import TrainConfig
     from ilt_audit.training import train as run_training
@@ -262,19 +339,29 @@ def train(
             f"epoch {row['epoch']:>3}  {losses}  ({row['time_s']:.1f} s)", highlight=False
         )
 
-    with _errors():
-        try:
-            result = run_training(
-                card, out, config=config, resume=resume, rescan=rescan, on_epoch=report
-            )
-        except KeyboardInterrupt:
-            raise _fail(
-                f"interrupted; every finished epoch is kept in {out}. Continue with --resume.", 130
-            ) from None
-    err_console.print(
-        f"[green]Done:[/] {result.epochs} epochs in {result.run_dir}. "
-        f"Next: ilt-audit rank {result.run_dir}"
-    )
+    try:
+        result = run_training(
+            card,
+            out,
+            config=config,
+            resume=resume,
+            rescan=rescan,
+            accept_changed_files=accept_changed_files,
+            on_epoch=report,
+            on_warning=lambda note: err_console.print(
+                f"[yellow]Warning:[/] {_markup_safe(note)}", highlight=False, soft_wrap=True
+            ),
+        )
+    except KeyboardInterrupt:
+        raise _fail(
+            f"interrupted; every finished epoch is kept in {out}. Continue with --resume.", 130
+        ) from None
+    if from_env().main:  # under torchrun, rank 0 speaks for the job
+        err_console.print(
+            f"[green]Done:[/] {result.epochs} epochs in {_markup_safe(str(result.run_dir))}. "
+            f"Next: ilt-audit rank {_markup_safe(str(result.run_dir))}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -287,6 +374,7 @@ def rank(
     by: ByOption = None,
     fmt: FormatOption = Format.table,
     output: OutputOption = None,
+    allow_partial: AllowPartialOption = False,
 ) -> None:
     """List, per task, the instances most likely mislabelled, highest score first.
 
@@ -295,9 +383,9 @@ def rank(
     from ilt_audit.ranking import DEFAULT_BY
     from ilt_audit.ranking import rank as rank_instances
 
-    with _errors():
-        frame = rank_instances(run_dir, task=task, top=top, by=by or DEFAULT_BY)
-        _emit(frame, fmt, output, f"Most suspect labels in {run_dir}")
+    run = _open(run_dir, allow_partial)
+    frame = rank_instances(run, task=task, top=top, by=by or DEFAULT_BY)
+    _emit(frame, fmt, output, f"Most suspect labels in {run_dir}")
 
 
 @app.command()
@@ -319,13 +407,14 @@ def corrupt(
     from ilt_audit.corruption import corrupt as corrupt_dataset
     from ilt_audit.internal.console import err_console
 
-    with _errors():
-        result = corrupt_dataset(
-            card, tasks=task, fraction=fraction, seed=seed, out=out, noise=noise.value
-        )
+    result = corrupt_dataset(
+        card, tasks=task, fraction=fraction, seed=seed, out=out, noise=noise.value
+    )
     counts = ", ".join(f"{name}: {n}" for name, n in result.counts.items())
     err_console.print(
-        f"[green]Corrupted[/] {counts} labels. Card: {result.card_path}; truth: {result.truth_path}"
+        f"[green]Corrupted[/] {_markup_safe(counts)} labels. Card: "
+        f"{_markup_safe(str(result.card_path))}; truth: {_markup_safe(str(result.truth_path))}",
+        highlight=False,
     )
 
 
@@ -336,6 +425,7 @@ def evaluate(
     by: ByOption = None,
     fmt: FormatOption = Format.table,
     output: OutputOption = None,
+    allow_partial: AllowPartialOption = False,
 ) -> None:
     """Measure how well the scores find the corrupted labels (paper Table 7, AUROC, AP).
 
@@ -344,9 +434,9 @@ def evaluate(
     from ilt_audit.evaluation import evaluate as evaluate_run
     from ilt_audit.ranking import DEFAULT_BY
 
-    with _errors():
-        frame = evaluate_run(run_dir, truth, by=by or DEFAULT_BY)
-        _emit(frame, fmt, output, f"Detection of corrupted labels in {run_dir}")
+    run = _open(run_dir, allow_partial)
+    frame = evaluate_run(run, truth, by=by or DEFAULT_BY)
+    _emit(frame, fmt, output, f"Detection of corrupted labels in {run_dir}")
 
 
 @app.command()
@@ -361,6 +451,7 @@ def report(
     ] = None,
     top: Annotated[int, typer.Option(help="Highest-scoring instances shown per task.")] = 20,
     by: ByOption = None,
+    allow_partial: AllowPartialOption = False,
 ) -> None:
     """Write a self-contained HTML report: plots per task and the flagged instances with thumbnails.
 
@@ -369,9 +460,8 @@ def report(
     from ilt_audit.internal.console import err_console
     from ilt_audit.report import render_report
 
-    with _errors():
-        path = render_report(run_dir, out, truth=truth, top=top, by=by)
-    err_console.print(f"[green]Report:[/] {path}", highlight=False)
+    path = render_report(_open(run_dir, allow_partial), out, truth=truth, top=top, by=by)
+    err_console.print(f"[green]Report:[/] {_markup_safe(str(path))}", highlight=False)
 
 
 @app.command()
@@ -401,6 +491,7 @@ def gate(
         ),
     ] = Format.table,
     output: OutputOption = None,
+    allow_partial: AllowPartialOption = False,
 ) -> None:
     """Fail (exit 1) when a task has more suspect labels than allowed; for CI.
 
@@ -413,10 +504,12 @@ def gate(
     from ilt_audit.gate import gate as run_gate
     from ilt_audit.gate import junit_xml, markdown_summary
     from ilt_audit.internal.console import err_console
-    from ilt_audit.internal.files import write_text_atomic
+    from ilt_audit.internal.files import check_output, write_text_atomic
 
-    with _errors():
-        result = run_gate(run_dir, task=task, max_suspect=max_suspect, by=by)
+    for path in (junit, summary, output):  # checked before any work: one bad, none written
+        if path is not None:
+            check_output(path)
+    result = run_gate(_open(run_dir, allow_partial), task=task, max_suspect=max_suspect, by=by)
     if junit is not None:
         write_text_atomic(junit, junit_xml(result))
     if summary is not None:
@@ -432,13 +525,15 @@ def gate(
         _emit(frame, fmt, output, "")
     if result.passed:
         err_console.print(
-            f"[green]Gate passed:[/] at most {max_suspect} suspect in every task.", highlight=False
+            f"[green]Gate passed:[/] at most {_markup_safe(max_suspect)} suspect in every task.",
+            highlight=False,
         )
         return
     for t in result.failed:
         err_console.print(
-            f"[bold red]Gate failed:[/] task {t.task}: {t.suspects} of {t.instances} instances suspect "
-            f"({t.share:.1%}), more than {t.limit:.1%} ({t.allowed}).",
+            f"[bold red]Gate failed:[/] task {_markup_safe(t.task)}: {t.suspects} of "
+            f"{t.instances} instances suspect ({t.share:.1%}), more than {t.limit:.1%} "
+            f"({t.allowed}).",
             highlight=False,
         )
     raise typer.Exit(1)
@@ -480,4 +575,10 @@ def _print_gate(result: Any) -> None:
 
 
 def main() -> None:
-    app(prog_name="ilt-audit")
+    try:
+        app(prog_name="ilt-audit")
+    finally:
+        try:  # a reader that closed the pipe early (`| head`) is not an error worth a traceback
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_stdout()

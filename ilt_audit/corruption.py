@@ -58,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from ilt_audit.card import TABLE_READERS, Card, TaskSpec
+from ilt_audit.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
 from ilt_audit.errors import CardError, OptionError, TruthError
 from ilt_audit.internal.console import track
 from ilt_audit.manifest import Manifest, load_manifest, read_table
@@ -170,13 +170,40 @@ def _write_dataset(
         _rewrite_paths(output)
         for plan in plans:
             _CORRUPTIONS[plan.task.type].apply(output, plan.task, plan.stats, plan.chosen, plan.rng)
-        _write_table(output.frame, staging / card.table)
-        header = f"# Written by ilt-audit corrupt from {card.path}\n# {note}\n"
-        (staging / card.path.name).write_text(header + toml_dumps(card.raw), encoding="utf-8")
+        raw, header = _new_card(card, note)
+        _write_table(output.frame, staging / raw["table"])
+        (staging / card.path.name).write_text(header + toml_dumps(raw), encoding="utf-8")
         _write_truth(staging / TRUTH_FILE, manifest, eligible, plans)
-        os.replace(staging, out)
+        try:  # one rename: two runs on one --out never mix, the second to finish is refused
+            os.replace(staging, out)
+        except OSError:
+            if not out.exists():
+                raise
+            raise OptionError(
+                f"{out} exists and is not empty: another process wrote it while this one ran"
+            ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_card(card: Card, note: str) -> tuple[dict[str, Any], str]:
+    """The new card's content and its header comment: the original's, with the table next to it
+    and, for an image card, ``allow_outside_paths`` and the reason."""
+    raw = dict(card.raw)
+    # a path is quoted: a newline in it must not end the comment (task names are [a-z0-9_-])
+    header = f"# Written by ilt-audit corrupt from {_toml_string(str(card.path))}\n# {note}\n"
+    raw["table"] = Path(card.table).name if re.search(ESCAPING_PATH, card.table) else card.table
+    if card.input.type == "image":
+        # Honest rather than tidy: the new manifest names the original dataset's input files,
+        # never copied (it may be large), and they lie outside this folder. Links to them would
+        # be refused as any path that leaves the folder is, so the card opts in and says why.
+        # The original's own paths passed its card's rule when its manifest was read.
+        raw["allow_outside_paths"] = True
+        header += (
+            "# allow_outside_paths: the inputs are the original dataset's files in "
+            f"{_toml_string(str(card.root))}\n"
+        )
+    return raw, header
 
 
 def _check_options(

@@ -30,28 +30,33 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, default_collate
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ilt_audit.card import Card, TaskSpec
-from ilt_audit.errors import CardError
+from ilt_audit import distributed
+from ilt_audit.card import MAX_PIXELS, OUTSIDE_LINK, Card, TaskSpec
+from ilt_audit.distributed import Place
+from ilt_audit.errors import CardError, OptionError
 from ilt_audit.internal.cache import read_cached, write_cached
 from ilt_audit.internal.console import progress
 from ilt_audit.losses import TARGET_DTYPE
 from ilt_audit.manifest import Manifest, load_manifest
 
 SCAN_CHUNK = 64  # rows a worker checks per message of the validation pass
-SCAN_FORMAT = 1  # bump when the pass checks more, so that older cached passes are not trusted
+SCAN_FORMAT = 2  # bump when the pass checks more, so that older cached passes are not trusted
 DECODE_ERRORS = (ValueError, OSError, UnidentifiedImageError)
 
 
@@ -81,15 +86,50 @@ def default_workers(device: torch.device | None = None) -> int:
 # --- reading single files ------------------------------------------------------------------
 
 
+@contextmanager
+def open_image(path: Path, shape: tuple[int, int] | None = None) -> Iterator[Image.Image]:
+    """Open an image lazily and check the size its header claims before anything is decoded:
+    at most :data:`MAX_PIXELS`, and ``shape`` (H, W) when given. Raises ``ValueError``."""
+    with warnings.catch_warnings():  # Pillow warns from 1x its limit and raises from 2x
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"refused before decoding: {exc}") from None
+    with img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(
+                f"its header claims {width}x{height} pixels, more than the {MAX_PIXELS:,} "
+                "allowed; refused before decoding"
+            )
+        _check_shape((height, width), shape)
+        yield img
+
+
+class ShapeMismatch(ValueError):
+    """A map's header gives a size other than its image's."""
+
+
+def _check_shape(found: tuple[int, ...], shape: tuple[int, int] | None) -> None:
+    if shape is not None and found != shape:
+        raise ShapeMismatch(
+            f"map is {'x'.join(map(str, found))} but the image is {shape[0]}x{shape[1]}"
+        )
+
+
 def read_image(path: Path) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return TF.pil_to_tensor(img.convert("RGB"))
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Read a segmentation mask PNG as (H, W) class indices (palette PNGs give their indices)."""
-    with Image.open(path) as img:
+def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a segmentation mask PNG as (H, W) class indices (palette PNGs give their indices).
+
+    ``shape`` (H, W), when given, is checked against the header before decoding.
+    """
+    with open_image(path, shape) as img:
         if img.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(
                 f"a mask must be a single-channel PNG of class indices, not mode {img.mode}"
@@ -97,18 +137,54 @@ def read_mask(path: Path) -> np.ndarray:
         return np.asarray(img).astype(np.int64)
 
 
-def read_depth(path: Path, scale: float = 1.0) -> np.ndarray:
-    """Read a dense-regression map: a .npy float array, or a 16-bit PNG divided by ``scale``."""
+def read_depth(path: Path, scale: float = 1.0, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a dense-regression map: a .npy float array, or a 16-bit PNG divided by ``scale``.
+
+    ``shape`` (H, W), when given, is checked against the file's header before reading its data.
+    """
     if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False)
+        array = _read_npy(path, shape)
     else:
-        with Image.open(path) as img:
+        with open_image(path, shape) as img:
             array = np.asarray(img).astype(np.float64) / scale
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"expected a 2-D numeric array, got shape {array.shape} of {array.dtype}")
     return array.astype(np.float32)
+
+
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _read_npy(path: Path, shape: tuple[int, int] | None) -> np.ndarray:
+    """A .npy array, its header checked before its data is read: a numeric dtype (never
+    pickled objects), 2-D (or 1xHxW), ``shape`` when given, at most :data:`MAX_PIXELS` values,
+    and a file long enough to hold them."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        found, fortran, dtype = _NPY_HEADERS[version](handle)
+        if not np.issubdtype(dtype, np.number):
+            raise ValueError(f"expected a numeric array, got {dtype}")
+        plane = found[1:] if len(found) == 3 and found[0] == 1 else found
+        if len(plane) != 2:
+            raise ValueError(f"expected a 2-D numeric array, got shape {found} of {dtype}")
+        _check_shape(tuple(plane), shape)
+        count = int(np.prod(found, dtype=object))
+        if count > MAX_PIXELS:
+            raise ValueError(
+                f"its header claims {count:,} values, more than the {MAX_PIXELS:,} allowed; "
+                "refused before reading"
+            )
+        if handle.tell() + count * dtype.itemsize > os.fstat(handle.fileno()).st_size:
+            raise ValueError(f"the file is shorter than the {found} array its header claims")
+        data = np.fromfile(handle, dtype=dtype, count=count)
+    return data.reshape(found, order="F" if fortran else "C")
 
 
 def mask_dtype(task: TaskSpec) -> torch.dtype:
@@ -198,6 +274,7 @@ class RowFiles:
     def __init__(self, manifest: Manifest, size: tuple[int, int] | None) -> None:
         card = manifest.card
         frame = manifest.frame
+        self.card = card
         self.root = card.root
         self.table = str(card.table_path)
         self.image_column = card.input.columns[0]
@@ -216,10 +293,15 @@ class RowFiles:
         )
 
     def path(self, column: str, row: int) -> Path:
+        """The file of a row's column. The manifest refused paths whose text leaves the card's
+        folder; here, where each file is opened, so is one that leaves it through a link."""
         value = self.paths[column][row].as_py()
         if not value:
             raise RowProblem(column, "expected a file path")
-        return self.root / value
+        path = self.root / value
+        if self.card.leaves_folder(path):
+            raise RowProblem(column, OUTSIDE_LINK)
+        return path
 
     def image(self, row: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """The row's image at the common size: (3, H, W) uint8, and its own size."""
@@ -239,16 +321,16 @@ class RowFiles:
         """The row's map of a dense task, checked and at the common size: (H, W)."""
         path = self.path(task.column, row)
         try:
-            array = read_mask(path) if task.type == "segmentation" else read_depth(path, task.scale)
+            if task.type == "segmentation":
+                array = read_mask(path, own)
+            else:
+                array = read_depth(path, task.scale, own)
         except FileNotFoundError:
             raise RowProblem(task.column, "file not found") from None
+        except ShapeMismatch as exc:  # found in the header, before the map is decoded
+            raise RowProblem(task.column, str(exc)) from None
         except DECODE_ERRORS as exc:
             raise RowProblem(task.column, f"cannot read the {task.type} map ({exc})") from None
-        if array.shape != own:
-            raise RowProblem(
-                task.column,
-                f"map is {array.shape[0]}x{array.shape[1]} but the image is {own[0]}x{own[1]}",
-            )
         if task.type == "segmentation":
             assert isinstance(task.classes, int)
             valid = array != task.ignore_index if task.ignore_index is not None else True
@@ -322,35 +404,100 @@ class _FileScan(torch.utils.data.Dataset[tuple[int, str | None, np.ndarray]]):
         return row, None, stats
 
 
-def _reduce(items: list[tuple[int, str | None, np.ndarray]]) -> tuple[int, str | None, np.ndarray]:
-    """Sum a chunk's statistics in the worker; keep its first error."""
-    errors = [message for _, message, _ in items if message is not None]
+def _reduce(
+    items: list[tuple[int, str | None, np.ndarray]],
+) -> tuple[int, int | None, str | None, np.ndarray]:
+    """Sum a chunk's statistics in the worker; keep its first error and its row."""
+    errors = [(row, message) for row, message, _ in items if message is not None]
     total = np.sum([stats for _, _, stats in items], axis=0)
-    return len(items), errors[0] if errors else None, total
+    row, message = errors[0] if errors else (None, None)
+    return len(items), row, message, total
+
+
+@dataclass(frozen=True)
+class FileStats:
+    """The size and modification time of every file a manifest names, from one ``stat`` each.
+
+    The quick check ``make`` and ``rsync`` use: about a microsecond a file, against a millisecond
+    to decode it. Files are in table order: row by row, and within a row in ``columns`` order.
+    """
+
+    columns: list[str]  # the columns that name files: the image, then each dense task's
+    paths: list[pa.Array]  # per column, the manifest's values ("" where a cell is not text)
+    stats: np.ndarray  # (N, C, 2) int64: size in bytes, st_mtime_ns; -1 where no file is found
+
+    @property
+    def complete(self) -> bool:
+        """Whether every file was found."""
+        return bool((self.stats >= 0).all())
+
+
+def file_columns(card: Card) -> list[str]:
+    """The columns of a card's table that name files (none for a features card)."""
+    if card.input.type == "features":
+        return []
+    return [card.input.columns[0], *(t.column for t in card.tasks if t.dense)]
+
+
+def file_stats(manifest: Manifest) -> FileStats:
+    """Stat every file the manifest names (see :class:`FileStats`); nothing is decoded."""
+    card = manifest.card
+    columns = file_columns(card)
+    paths = [_path_array(manifest.frame[column]) for column in columns]
+    stats = np.full((len(manifest.frame), len(columns), 2), -1, np.int64)
+    root = str(card.root)
+    for j, values in enumerate(paths):
+        found = pc.not_equal(values, "").to_numpy(zero_copy_only=False)  # (N,)
+        given = values.filter(found)
+        full = pc.if_else(  # an absolute path (a card with allow_outside_paths) stays as it is
+            pc.starts_with(given, "/"), given, pc.binary_join_element_wise(root, given, "/")
+        )
+        stats[found, j] = _stat_each(full.to_pylist())
+    return FileStats(columns, paths, stats)
+
+
+def _stat_each(paths: list[str]) -> np.ndarray:
+    """(len(paths), 2) int64: each file's size and st_mtime_ns; -1 for one that is not there."""
+    try:
+        rows = [(s.st_size, s.st_mtime_ns) for s in map(os.stat, paths)]
+    except (OSError, ValueError):  # a file missing, or a NUL in a path: stat each on its own
+        rows = [_stat_one(path) for path in paths]
+    return np.array(rows, np.int64).reshape(-1, 2)
+
+
+def _stat_one(path: str) -> tuple[int, int]:
+    try:
+        s = os.stat(path)
+    except (OSError, ValueError):
+        return -1, -1
+    return s.st_size, s.st_mtime_ns
 
 
 def scan_key(manifest: Manifest) -> str | None:
     """A fingerprint of everything the validation pass reads, or None if a file is missing.
 
-    The card and manifest bytes (their sha256), and the size and modification time (ns) of every
-    file the table names: the quick check ``make`` and ``rsync`` use. One ``stat`` per file, no
-    decoding: about a microsecond a file against a millisecond to decode it.
+    The card and manifest bytes (their sha256), whether the card lets paths leave its folder, and
+    the size and modification time (ns) of every file the table names (:func:`file_stats`).
     """
     card = manifest.card
-    digest = hashlib.sha256(f"scan-v{SCAN_FORMAT}:{card.sha256()}:{card.input.size}".encode())
-    columns = [card.input.columns[0], *(t.column for t in card.tasks if t.dense)]
-    root = str(card.root)
-    for column in columns:
-        try:
-            stats = [os.stat(f"{root}/{value}") for value in manifest.frame[column].tolist()]
-        except (OSError, TypeError, ValueError):
-            return None
-        digest.update(np.array([(s.st_size, s.st_mtime_ns) for s in stats], np.int64).tobytes())
+    digest = hashlib.sha256(
+        f"scan-v{SCAN_FORMAT}:{card.sha256()}:{card.input.size}:"
+        f"outside={card.allow_outside_paths}".encode()  # what the pass allowed is what it proved
+    )
+    found = file_stats(manifest)
+    if not found.complete:
+        return None
+    digest.update(found.stats.transpose(1, 0, 2).tobytes())  # column by column
     return digest.hexdigest()
 
 
 def scan_files(
-    manifest: Manifest, train: np.ndarray, *, workers: int | None = None, reuse: bool = True
+    manifest: Manifest,
+    train: np.ndarray,
+    *,
+    workers: int | None = None,
+    reuse: bool = True,
+    place: Place | None = None,
 ) -> Normalisation:
     """Check every file of an image card in one parallel pass; return the image statistics.
 
@@ -359,43 +506,62 @@ def scan_files(
     task's name in ``targets``. With ``reuse``, a pass that already succeeded on the same card,
     manifest and files (:func:`scan_key`) is not repeated: its statistics come from the cache
     (:mod:`ilt_audit.internal.cache`).
+
+    Under torchrun (``place``) each rank checks one contiguous block of the rows; the ranks then
+    agree on the first bad row of the whole table, so that every rank stops with the same message,
+    and add up their statistics. A cached pass is used only when every rank finds it.
     """
+    place = place or Place()
     key = scan_key(manifest) if reuse else None
-    if key is not None:
-        cached = read_cached("scans", key)
-        if cached is not None:
-            return Normalisation.from_dict(cached)
-    found = _scan(manifest, train, workers)
-    if reuse and key is not None:
+    cached = read_cached("scans", key) if key is not None else None
+    if distributed.first(int(cached is not None), place) == 1:
+        assert cached is not None
+        return Normalisation.from_dict(cached)
+    found = _scan(manifest, train, workers, place)
+    if reuse and key is not None and place.main:
         write_cached("scans", key, found.to_dict())
     return found
 
 
-def _scan(manifest: Manifest, train: np.ndarray, workers: int | None) -> Normalisation:
+def _scan(
+    manifest: Manifest, train: np.ndarray, workers: int | None, place: Place
+) -> Normalisation:
     card = manifest.card
     files = RowFiles(manifest, card.input.size)
-    if files.size is None:  # every image takes the first image's size
+    if files.size is None:  # every image takes the first image's size (every rank reads it)
         try:
             files.size = files.image(0)[1]
         except RowProblem as problem:
             raise CardError(files.message(0, problem)) from None
     scan = _FileScan(files, train)
+    block = np.array_split(np.arange(len(scan)), place.world)[place.rank]  # this rank's rows
+    rows = torch.utils.data.Subset(scan, block.tolist())
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
-        scan,
+        rows,
         batch_size=SCAN_CHUNK,
-        num_workers=min(workers, max(0, len(scan) // SCAN_CHUNK)),
+        num_workers=min(workers, max(0, len(rows) // SCAN_CHUNK)),
         collate_fn=_reduce,
     )
     total = np.zeros(7 + 3 * len(scan.depth))
+    bad = len(scan)  # the first bad row this rank found (none: past the end)
     chunks = iter(loader)  # forks the workers before the progress display starts its thread
-    with progress() as bar:
-        job = bar.add_task("Checking files", total=len(scan), info="")
-        for count, message, stats in chunks:
-            if message is not None:
-                raise CardError(message)
+    with progress(show=place.main) as bar:
+        job = bar.add_task("Checking files", total=len(rows), info="")
+        for count, row, message, stats in chunks:
+            if row is not None:
+                bad = row
+                if not place.active:
+                    raise CardError(str(message))
+                break
             total += stats
             bar.advance(job, count)
+    bad = distributed.first(bad, place)
+    if bad < len(scan):  # every rank stops with the message of the first bad row
+        message = scan[bad][1]
+        raise CardError(message or f"row {bad}: the file changed while it was being checked")
+    summed = distributed.sum_(torch.from_numpy(total), place).numpy()
+    total = summed
     mean, std = _mean_std(total[0:3], total[3:6], total[6])
     targets = {}
     for j, task in enumerate(scan.depth):
@@ -550,13 +716,34 @@ class EpochBatches:
     order depends on nothing else, so a resumed run sees the batches an uninterrupted one would.
     A last batch of one joins the previous one (batch norm cannot train on one instance).
     ``shuffle=False`` gives the rows in order (evaluation).
+
+    Under torchrun (``world`` > 1) rank ``rank`` takes every ``world``-th row of the permutation:
+    each instance goes to exactly one rank per epoch, none is repeated or dropped (torch's
+    ``DistributedSampler`` pads with repeats or drops the tail, which would update a repeated
+    instance's ``log σ²`` twice). Every rank cuts its share in the same number of batches, of
+    sizes that differ by at most one, so that DDP's gradient exchange pairs up step by step.
     """
 
-    def __init__(self, n: int, batch_size: int, *, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if world > 1 and n < 2 * world:
+            raise OptionError(
+                f"{n} training instances cannot be shared by {world} processes (each needs 2)"
+            )
         self.n = n
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.world = world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -568,6 +755,8 @@ class EpochBatches:
             order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.arange(self.n)
+        if self.world > 1:
+            return list(torch.tensor_split(order[self.rank :: self.world], self._shared_batches()))
         chunks = list(torch.split(order, self.batch_size))
         if len(chunks) > 1 and len(chunks[-1]) == 1:
             chunks[-2:] = [torch.cat(chunks[-2:])]
@@ -577,7 +766,14 @@ class EpochBatches:
         for chunk in self._chunks():
             yield chunk.tolist()
 
+    def _shared_batches(self) -> int:
+        """Batches per rank under torchrun: enough for the smallest share, none of one row."""
+        smallest = self.n // self.world
+        return max(1, min(-(-smallest // self.batch_size), smallest // 2))
+
     def __len__(self) -> int:
+        if self.world > 1:
+            return self._shared_batches()
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
 
@@ -625,6 +821,7 @@ def load_dataset(
     norm: Normalisation | None = None,
     scan: bool = True,
     rescan: bool = False,
+    place: Place | None = None,
 ) -> Dataset:
     """Validate a card, its manifest and every file it names; keep the table-sized columns.
 
@@ -670,7 +867,7 @@ def load_dataset(
         train = np.zeros(n, bool)
         train[train_index] = True
         if scan:
-            found = scan_files(manifest, train, workers=workers, reuse=not rescan)
+            found = scan_files(manifest, train, workers=workers, reuse=not rescan, place=place)
             found = Normalisation(
                 found.input_mean, found.input_std, {**targets, **found.targets}, found.image_size
             )

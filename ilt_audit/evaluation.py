@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import TruthError
 from ilt_audit.ranking import DEFAULT_BY, scores
+from ilt_audit.rundir import RunLike
 
 COLUMNS = [
     "task",
@@ -105,7 +106,7 @@ def _average_ranks(descending: np.ndarray) -> np.ndarray:
     return np.repeat(n - (starts + ends - 1) / 2, ends - starts)
 
 
-def evaluate(run_dir: str | Path, truth: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
+def evaluate(run: RunLike, truth: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
     """Detection figures per corrupted task of a run, against a corruption file.
 
     One row per task of the truth file that has at least one corrupted label, with columns
@@ -117,7 +118,7 @@ def evaluate(run_dir: str | Path, truth: str | Path, *, by: str = DEFAULT_BY) ->
         >>> truth = "/tmp/penguins-noisy/corruption.parquet"
         >>> evaluate("runs/penguins", truth, by="final")  # doctest: +SKIP
     """
-    return detection_table(scores(run_dir, by=by), read_truth(truth), source=truth)
+    return detection_table(scores(run, by=by), read_truth(truth), source=truth)
 
 
 def detection_table(

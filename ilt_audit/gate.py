@@ -42,17 +42,15 @@ import numpy as np
 import pandas as pd
 
 from ilt_audit.errors import OptionError
-from ilt_audit.manifest import Manifest
 from ilt_audit.ranking import (
     DEFAULT_BY,
     Scores,
     check_by,
     labels_of,
     read_scores,
-    run_manifest,
     task_order,
 )
-from ilt_audit.rundir import read_config
+from ilt_audit.rundir import RunLike, open_run
 
 SIGMAS = 3.5  # robust z-score of an outlier (Iglewicz and Hoaglin)
 MIN_GAP = (
@@ -106,13 +104,13 @@ def _log_units(values: np.ndarray, log: bool) -> np.ndarray:
     return np.log(np.maximum(values, np.finfo(np.float32).tiny))  # a loss of 0 is a very low score
 
 
-def resolve_score(run_dir: str | Path, by: str | None = None) -> str:
+def resolve_score(run: RunLike, by: str | None = None) -> str:
     """The score to judge a run by: ``by``, or the default for how the run was trained.
 
     Runs trained without ILT parameters (``--weighting equal|uncertainty|dwa|gls``) have no
     per-instance ``log σ²``; their default is the loss, and a ``log σ²`` score is an error.
     """
-    weighting = read_config(run_dir).get("options", {}).get("weighting", "ilt")
+    weighting = open_run(run).weighting
     if by is None:
         return DEFAULT_BY if weighting == "ilt" else "loss"
     check_by(by)
@@ -153,31 +151,31 @@ class Suspects:
 
 
 def find_suspects(
-    run_dir: str | Path,
+    run: RunLike,
     *,
     task: str | None = None,
     by: str | None = None,
     top: int = 0,
-    manifest: Manifest | None = None,
 ) -> Suspects:
     """Per task, the suspect instances, ranked, and the task's cut-off.
 
     The table has the columns of :func:`ilt_audit.ranking.rank` (``rank, id, task, score,
     label``) plus ``suspect`` (bool), and holds per task every suspect and at least the ``top``
     highest-scoring instances: the suspects are decided on the scores alone and labels are looked
-    up for the listed rows only. ``manifest`` saves reading the run's manifest again.
+    up for the listed rows only.
 
     Example:
         >>> found = find_suspects("runs/shapes", task="shape")  # doctest: +SKIP
         >>> found.table[found.table.suspect].head()  # doctest: +SKIP
     """
-    by = resolve_score(run_dir, by)
-    scored = read_scores(run_dir, by=by)
+    run = open_run(run)
+    by = resolve_score(run, by)
+    scored = read_scores(run, by=by)
     rows = scored.by_task()
     cutoffs: dict[str, Cutoff] = {}
     instances: dict[str, int] = {}
     parts, flags = [], []
-    for name in task_order(run_dir, rows, task):
+    for name in task_order(run, rows, task):
         values = scored.values[rows[name]]
         cutoffs[name] = cut = cutoff(values, log=by in LOG_SCORES)
         instances[name] = len(values)
@@ -186,9 +184,7 @@ def find_suspects(
         parts.append(part)
         flags.append(np.arange(len(part)) < suspects)  # the suspects are the highest scores
     table = scored.frame(parts)
-    if manifest is None:
-        manifest = run_manifest(Path(run_dir), "to show labels")
-    table["label"] = labels_of(manifest, table)
+    table["label"] = labels_of(run.manifest("to show labels"), table)
     table["suspect"] = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
     return Suspects(table, cutoffs, instances, scored)
 
@@ -241,6 +237,8 @@ class GateResult:
     score: str  # the score the instances were judged by (see ilt_audit.ranking.SCORES)
     max_suspect: float
     tasks: tuple[TaskGate, ...]
+    epochs: tuple[int, int] = (0, 0)  # (finished, planned) epochs of the run
+    partial_note: str | None = None  # set when the run is unfinished and was read as it is
 
     @property
     def passed(self) -> bool:
@@ -254,6 +252,9 @@ class GateResult:
         return {
             "run_dir": str(self.run_dir),
             "passed": self.passed,
+            "epochs_finished": self.epochs[0],
+            "epochs_planned": self.epochs[1],
+            "partial": self.partial_note is not None,
             "score": self.score,
             "max_suspect": self.max_suspect,
             "rule": {
@@ -267,7 +268,7 @@ class GateResult:
 
 
 def gate(
-    run_dir: str | Path,
+    run: RunLike,
     *,
     task: str | None = None,
     max_suspect: str | float = 0.02,
@@ -282,11 +283,11 @@ def gate(
         >>> [t.task for t in result.failed]  # doctest: +SKIP
         ['shape']
     """
-    run_dir = Path(run_dir)
+    run = open_run(run)
     limit = parse_share(max_suspect)
-    by = resolve_score(run_dir, by)
-    found = find_suspects(run_dir, task=task, by=by)
-    types = {t["name"]: t["type"] for t in read_config(run_dir)["tasks"]}
+    by = resolve_score(run, by)
+    found = find_suspects(run, task=task, by=by)
+    types = run.task_types
     verdicts = []
     for name, cut in found.cutoffs.items():
         part = found.table[(found.table.task == name) & found.table.suspect]
@@ -296,7 +297,8 @@ def gate(
                 name, types.get(name, ""), found.instances[name], len(flagged), limit, cut, flagged
             )
         )
-    return GateResult(run_dir, by, limit, tuple(verdicts))
+    epochs = (len(run.epochs), run.planned)
+    return GateResult(run.path, by, limit, tuple(verdicts), epochs, run.partial_note)
 
 
 # --- CI formats ---------------------------------------------------------------------------------
@@ -316,6 +318,9 @@ def _verdict_line(t: TaskGate) -> str:
 def junit_xml(result: GateResult, *, top: int = 50) -> str:
     """JUnit XML: one test case per task, with a ``failure`` listing the suspects when over.
 
+    Ids, labels and paths are untrusted: ElementTree escapes markup, and characters XML 1.0 does
+    not allow (control characters, lone surrogates) are replaced, so that the file always parses.
+
     Example:
         >>> Path("gate.xml").write_text(junit_xml(gate("runs/shapes")))  # doctest: +SKIP
     """
@@ -327,7 +332,7 @@ def junit_xml(result: GateResult, *, top: int = 50) -> str:
     suite = ET.SubElement(
         suites,
         "testsuite",
-        name=f"ilt-audit gate {result.run_dir}",
+        name=_xml(f"ilt-audit gate {result.run_dir}"),
         tests=tests,
         failures=failures,
         errors="0",
@@ -338,19 +343,35 @@ def junit_xml(result: GateResult, *, top: int = 50) -> str:
         ("run_dir", result.run_dir),
         ("score", result.score),
         ("max_suspect", result.max_suspect),
+        ("epochs_finished", result.epochs[0]),
+        ("epochs_planned", result.epochs[1]),
+        ("partial", "true" if result.partial_note else "false"),
     ):
-        ET.SubElement(properties, "property", name=key, value=str(value))
+        ET.SubElement(properties, "property", name=key, value=_xml(value))
+    partial = f"\n{result.partial_note}" if result.partial_note else ""
     for t in result.tasks:
-        case = ET.SubElement(suite, "testcase", classname="ilt-audit.gate", name=t.task)
+        case = ET.SubElement(suite, "testcase", classname="ilt-audit.gate", name=_xml(t.task))
         if not t.passed:
-            failure = ET.SubElement(case, "failure", type="SuspectLabels", message=_verdict_line(t))
-            failure.text = _suspect_lines(t, top)
+            failure = ET.SubElement(
+                case, "failure", type="SuspectLabels", message=_xml(_verdict_line(t))
+            )
+            failure.text = _xml(_suspect_lines(t, top) + partial)
         out = ET.SubElement(case, "system-out")
-        out.text = f"{_verdict_line(t)}; suspect when {result.score} > {t.cutoff.threshold:.4g}"
+        out.text = _xml(
+            f"{_verdict_line(t)}; suspect when {result.score} > {t.cutoff.threshold:.4g}{partial}"
+        )
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
     )
+
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: Any) -> str:
+    """Text XML 1.0 can hold: each character it cannot (NUL, ESC, a lone surrogate) as U+FFFD."""
+    return _NOT_XML.sub("\ufffd", str(text))
 
 
 def _suspect_lines(t: TaskGate, top: int) -> str:
@@ -396,9 +417,11 @@ def markdown_summary(result: GateResult, *, top: int = 10) -> str:
     lines = [
         f"## {mark} ilt-audit gate {verdict}",
         "",
-        f"Run `{result.run_dir}`; score `{result.score}` ({SCORE_NAMES.get(result.score, result.score)}); "
+        f"Run {_md(result.run_dir)}; score `{result.score}` "
+        f"({SCORE_NAMES.get(result.score, result.score)}); "
         f"at most {_percent(result.max_suspect)} suspect per task.",
         "",
+        *([f"> **Warning:** {_md(result.partial_note)}", ""] if result.partial_note else []),
         "| task | instances | suspects | share | limit | result |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -426,8 +449,8 @@ def markdown_summary(result: GateResult, *, top: int = 10) -> str:
         if t.suspects > len(shown):
             lines += [
                 "",
-                f"{len(shown)} of {t.suspects} suspects shown; all: `ilt-audit gate {result.run_dir} "
-                f"--task {t.task} --format json`.",
+                f"{len(shown)} of {t.suspects} suspects shown; all: "
+                f"{_md(f'ilt-audit gate {result.run_dir} --task {t.task} --format json')}.",
             ]
     lines += [
         "",

@@ -14,17 +14,16 @@ import math
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ilt_audit.errors import CardError, OptionError, RunDirError
-from ilt_audit.manifest import Manifest, load_manifest
-from ilt_audit.rundir import read_config
-from ilt_audit.trajectories import read_matrix, run_epochs, task_codes
+from ilt_audit.errors import OptionError
+from ilt_audit.manifest import Manifest
+from ilt_audit.rundir import RunLike, open_run
+from ilt_audit.trajectories import read_matrix, task_codes
 
 
 def _last(epochs: list[int]) -> list[int]:
@@ -125,11 +124,12 @@ class Scores:
         )
 
 
-def read_scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> Scores:
+def read_scores(run: RunLike, *, by: str = DEFAULT_BY) -> Scores:
     """The scores of a run, reading only the epochs and the column the score needs."""
     check_by(by)
     score = SCORES[by]
-    matrix = read_matrix(run_dir, score.column, epochs=score.epochs(run_epochs(run_dir)))
+    run = open_run(run)
+    matrix = read_matrix(run.path, score.column, epochs=score.epochs(list(run.epochs)))
     if len(matrix.epochs) == 1:
         values = matrix.values[0]  # (R,) as stored: float32
     else:
@@ -137,26 +137,25 @@ def read_scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> Scores:
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.nansum(matrix.values, axis=0, dtype=np.float64) / present.sum(axis=0)
     if np.isnan(values).all():
-        weighting = read_config(run_dir)["options"]["weighting"]
         raise OptionError(
-            f"{run_dir} was trained with --weighting {weighting}, which has no per-instance "
+            f"{run.path} was trained with --weighting {run.weighting}, which has no per-instance "
             "log σ²; rank it with --by loss"
         )
     return Scores(matrix.keys, values)
 
 
-def scores(run_dir: str | Path, *, by: str = DEFAULT_BY) -> pd.DataFrame:
+def scores(run: RunLike, *, by: str = DEFAULT_BY) -> pd.DataFrame:
     """One score per trained instance per task: columns ``id, task, score``."""
-    return read_scores(run_dir, by=by).to_frame()
+    return read_scores(run, by=by).to_frame()
 
 
-def task_order(run_dir: str | Path, present: Collection[str], task: str | None) -> list[str]:
+def task_order(run: RunLike, present: Collection[str], task: str | None) -> list[str]:
     """The tasks to list, in the card's order: ``task`` alone when given (checked), else all."""
     if task is not None and task not in present:
         raise OptionError(
             f"--task {task!r}: the run has no such task; its tasks are: {', '.join(sorted(present))}"
         )
-    names = [t["name"] for t in read_config(run_dir)["tasks"]]
+    names = open_run(run).task_names
     return [name for name in names if name in present and (task is None or name == task)]
 
 
@@ -174,17 +173,6 @@ def parse_top(top: str | int | None) -> tuple[str, float] | None:
     if re.fullmatch(r"\d+", text) and int(text) > 0:
         return ("count", int(text))
     raise OptionError(f"--top {text!r}: give a count (500) or a share of the instances (40%)")
-
-
-def run_manifest(run_dir: Path, purpose: str) -> Manifest:
-    """The manifest of the card a run was trained on; ``purpose`` says why, in the error."""
-    config = read_config(run_dir)
-    try:
-        return load_manifest(config["card"]["path"], check_files=False)
-    except CardError as exc:
-        raise RunDirError(
-            f"{run_dir}: cannot read the run's dataset card {purpose}: {exc}"
-        ) from None
 
 
 def labels_of(manifest: Manifest, frame: pd.DataFrame) -> pd.Series:
@@ -228,7 +216,7 @@ def _as_g(values: pd.Series) -> np.ndarray:
 
 
 def rank(
-    run_dir: str | Path,
+    run: RunLike,
     *,
     task: str | None = None,
     top: str | int | None = None,
@@ -243,16 +231,16 @@ def rank(
     Example:
         >>> rank("runs/shapes", top="5%").head(3)  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
+    run = open_run(run)
     cut = parse_top(top)
-    scored = read_scores(run_dir, by=by)
+    scored = read_scores(run, by=by)
     rows = scored.by_task()
     parts = []
-    for name in task_order(run_dir, rows, task):
+    for name in task_order(run, rows, task):
         n = len(rows[name])
         keep = n if cut is None else cut[1] if cut[0] == "count" else math.ceil(cut[1] * n)
         parts.append(scored.highest(rows[name], int(min(keep, n))))
     result = scored.frame(parts)
     if labels:
-        result["label"] = labels_of(run_manifest(run_dir, "to show labels"), result)
+        result["label"] = labels_of(run.manifest("to show labels"), result)
     return result

@@ -41,13 +41,13 @@ from PIL import Image
 from ilt_audit import __version__
 from ilt_audit.card import TaskSpec
 from ilt_audit.corruption import read_truth
-from ilt_audit.errors import OptionError, RunDirError
+from ilt_audit.errors import CardError, OptionError, RunDirError
 from ilt_audit.evaluation import detection_table
 from ilt_audit.gate import LOG_SCORES, SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
 from ilt_audit.internal.files import write_text_atomic
 from ilt_audit.manifest import Manifest
-from ilt_audit.ranking import Scores, run_manifest
-from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics
+from ilt_audit.ranking import Scores
+from ilt_audit.rundir import CHECKPOINT, Run, RunLike, open_run
 from ilt_audit.trajectories import TrajectoryMatrix, read_matrix
 
 THUMB = 96  # the longest side of a thumbnail, in pixels (larger inputs are shrunk)
@@ -80,10 +80,11 @@ class _Page:
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> id -> prediction
     notes: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # instance id -> row of the manifest
+    metrics: tuple[dict[str, Any], ...] = ()  # metrics.jsonl, one row per finished epoch
 
 
 def render_report(
-    run_dir: str | Path,
+    run: RunLike,
     out: str | Path,
     *,
     truth: str | Path | None = None,
@@ -103,21 +104,24 @@ def render_report(
     """
     if top < 1:
         raise OptionError(f"--top must be at least 1, got {top}")
-    page = _read(Path(run_dir), truth, top, by)
+    page = _read(open_run(run), truth, top, by)
     out = Path(out)
     write_text_atomic(out, _html(page))
     return out
 
 
-def _read(run_dir: Path, truth: str | Path | None, top: int, by: str | None) -> _Page:
-    config = read_config(run_dir)
-    score = resolve_score(run_dir, by)
+def _read(run: Run, truth: str | Path | None, top: int, by: str | None) -> _Page:
+    config = run.config
+    score = resolve_score(run, by)
     value = "loss" if score in LOG_SCORES else "log_sigma2"
-    manifest = run_manifest(run_dir, "for thumbnails")
-    found = find_suspects(run_dir, by=score, top=top, manifest=manifest)
+    manifest = run.manifest("for thumbnails")
+    found = find_suspects(run, by=score, top=top)
     page = _Page(
-        run_dir, config, score, value, found.table, found.cutoffs, found.instances, manifest, top
+        run.path, config, score, value, found.table, found.cutoffs, found.instances, manifest, top
     )
+    page.metrics = run.metrics
+    if run.partial_note:
+        page.notes.append(run.partial_note)
     if config.get("options", {}).get("weighting", "ilt") != "ilt":
         page.notes.append(
             f"This run was trained with --weighting {config['options']['weighting']}, which has no "
@@ -365,7 +369,10 @@ def _input_cell(page: _Page, row: pd.Series) -> str:
     if manifest.card.input.type == "image":
         from ilt_audit.data import read_image
 
-        image = read_image(manifest.file_path(frame_row[manifest.card.input.columns[0]]))
+        column = manifest.card.input.columns[0]
+        image = _read_file(
+            page, row, column, lambda: read_image(manifest.file_path(frame_row[column]))
+        )
         return _img(_png(image.permute(1, 2, 0).numpy()), f"input of {row.id}")
     values = ", ".join(f"{c}={frame_row[c]:.4g}" for c in manifest.input_columns[:8])
     more = len(manifest.input_columns) - 8
@@ -398,17 +405,34 @@ def _label_file(page: _Page, task: TaskSpec, row: pd.Series) -> Path:
     return page.manifest.file_path(page.manifest.frame.iloc[page.rows[row.id]][task.column])
 
 
+def _read_file(page: _Page, row: pd.Series, column: str, read: Callable[[], Any]) -> Any:
+    """A file the page shows, read; a file that cannot be (gone, changed, a bomb) is a
+    :class:`CardError` naming the manifest, the row id and the column."""
+    from ilt_audit.data import DECODE_ERRORS
+
+    try:
+        return read()
+    except DECODE_ERRORS as exc:
+        raise CardError(
+            f"{page.manifest.card.table_path}: row id {row.id!r}: column {column!r}: cannot read "
+            f"its file: "
+            f"{exc}"
+        ) from None
+
+
 def _mask_cells(page: _Page, task: TaskSpec, row: pd.Series) -> tuple[str, str]:
     from ilt_audit.data import read_mask
 
-    label = read_mask(_label_file(page, task, row))
+    label = _read_file(page, row, task.column, lambda: read_mask(_label_file(page, task, row)))
     return _map_cells(page, task, row, label, lambda mask: _mask_rgb(mask, task))
 
 
 def _depth_cells(page: _Page, task: TaskSpec, row: pd.Series) -> tuple[str, str]:
     from ilt_audit.data import read_depth
 
-    label = read_depth(_label_file(page, task, row), task.scale)
+    label = _read_file(
+        page, row, task.column, lambda: read_depth(_label_file(page, task, row), task.scale)
+    )
     low, high = float(label.min()), float(label.max())  # the label's range colours both maps
     return _map_cells(page, task, row, label, lambda depth: _depth_rgb(depth, low, high))
 
@@ -521,7 +545,7 @@ def _trajectory_figure(page: _Page, task: str) -> str:
 
 
 def _loss_figure(page: _Page) -> str | None:
-    metrics = read_metrics(page.run_dir)
+    metrics = page.metrics
     if not metrics:
         return None
     figure = Figure(figsize=(7.2, 2.2))

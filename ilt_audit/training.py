@@ -4,6 +4,11 @@ Every finished epoch leaves its trajectory file, its metrics line and a checkpoi
 written atomically, in that order), so a run killed at any moment keeps every epoch it finished
 and ``resume=True`` continues from the last checkpoint.
 
+Under ``torchrun`` (:mod:`ilt_audit.distributed`) every rank runs this same loop on its share of
+each epoch's batches, with the network wrapped in DistributedDataParallel; at the epoch's end the
+ranks add up their ``(N, K)`` losses, so that each applies the same ILT update to the whole table,
+and rank 0 alone writes the run directory.
+
 Example:
     >>> from ilt_audit import TrainConfig, train
     >>> result = train("sample_manifests/penguins/card.toml", out="runs/penguins",
@@ -12,12 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import random
-import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ilt_audit import __version__
+from ilt_audit import __version__, distributed
 from ilt_audit.card import Card, load_card
 from ilt_audit.data import (
     Dataset,
@@ -37,11 +44,15 @@ from ilt_audit.data import (
     make_loader,
     to_device,
 )
+from ilt_audit.distributed import Place
 from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
 from ilt_audit.ilt_params import InstanceParams, storage_device
+from ilt_audit.inputs import check_card, check_files, record_files, write_files
 from ilt_audit.internal.console import progress
 from ilt_audit.internal.files import write_atomic
+from ilt_audit.internal.lock import LOCK_FILE, run_lock
 from ilt_audit.losses import instance_losses, likelihood_scale
+from ilt_audit.manifest import load_manifest
 from ilt_audit.metrics import task_metrics
 from ilt_audit.model import ModelConfig, build_model
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics, write_config, write_metrics
@@ -109,10 +120,16 @@ class TrainResult:
     metrics: list[dict[str, Any]]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+def resolve_device(name: str, place: Place | None = None) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; ``cuda`` without a GPU is an error. Under
+    torchrun, CUDA is the GPU of the process's ``LOCAL_RANK``."""
+    local = place.local_rank if place is not None and place.active else None
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local) if local is not None else torch.device("cuda")
+    if name == "cuda" and local is not None and torch.cuda.is_available():
+        return torch.device("cuda", local)
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -205,10 +222,13 @@ def _raise_file_error(batch: dict[str, Any], kept: str) -> None:
 class _Run:
     """The state of one training run: data, loader, model, weighting, optimizer."""
 
-    def __init__(self, data: Dataset, config: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self, data: Dataset, config: TrainConfig, device: torch.device, place: Place | None = None
+    ) -> None:
         self.data = data
         self.config = config
         self.device = device
+        self.place = place = place or Place()
         self.tasks = data.card.tasks
         self.autocast = resolve_precision(config.precision, device)
         set_seed(config.seed)
@@ -241,8 +261,17 @@ class _Run:
             fused=device.type in ("cpu", "cuda"),
         )
         self.clipped = [p for p in self.model.parameters() if p.requires_grad]
+        # under torchrun the network trains through DDP (its gradients are averaged over the
+        # ranks); a weighting's own parameters (uncertainty's log σ² per task) are averaged by hand
+        self.trainer: nn.Module = self.model
+        if place.active:
+            ids = [device.index] if device.type == "cuda" else None
+            self.trainer = DistributedDataParallel(self.model, device_ids=ids)
+        self.shared = [p for p in self.weighting.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(device.type) if self.autocast is torch.float16 else None
-        self.batches = EpochBatches(n, config.batch_size, seed=config.seed)
+        self.batches = EpochBatches(
+            n, config.batch_size, seed=config.seed, rank=place.rank, world=place.world
+        )
         self.loader = make_loader(
             data.instances(data.train_index), self.batches, workers=config.workers, device=device
         )
@@ -257,13 +286,25 @@ class _Run:
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's outputs, under autocast when a lower precision is asked for."""
+    def forward(self, x: torch.Tensor, module: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The network's outputs, under autocast when a lower precision is asked for.
+
+        ``module`` is the network to call: the bare one (evaluation) by default, ``trainer``
+        (DDP under torchrun) for a training step.
+        """
+        module = self.model if module is None else module
         if self.autocast is None:
-            return self.model(x)  # type: ignore[no-any-return]
+            return module(x)  # type: ignore[no-any-return]
         with torch.autocast(self.device.type, dtype=self.autocast):
-            outputs = self.model(x)
+            outputs = module(x)
         return {name: out.float() for name, out in outputs.items()}
+
+    def average_shared_gradients(self) -> None:
+        """Average the weighting's own gradients over the ranks (DDP averages the network's)."""
+        if self.place.active:
+            for p in self.shared:
+                if p.grad is not None:
+                    distributed.sum_(p.grad, self.place).div_(self.place.world)
 
     def state_dict(self, epoch: int, config_json: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -290,12 +331,13 @@ class _Run:
 
 
 def _config_json(
-    card: Card, data: Dataset, config: TrainConfig, device: torch.device
+    card: Card, data: Dataset, config: TrainConfig, device: torch.device, place: Place
 ) -> dict[str, Any]:
     return {
         "card": {"path": str(card.path), "sha256": card.sha256()},
         "options": asdict(config),
         "device": str(device),
+        "world_size": place.world,
         "tasks": [{"name": t.name, "type": t.type} for t in card.tasks],
         "class_names": {k: list(v) for k, v in data.manifest.class_names.items()},
         "instances": {"train": len(data.train_index), "val": len(data.val_index)},
@@ -310,10 +352,11 @@ def _config_json(
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
+    """Check the run directory (locked, so it exists) against the request."""
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise RunDirError(f"{out}: nothing to resume (no {CHECKPOINT}); run without --resume")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):
         raise RunDirError(
             f"{out}: the run directory exists and is not empty; pass --resume to continue it "
             "or choose another --out"
@@ -337,66 +380,129 @@ def train(
     config: TrainConfig | None = None,
     resume: bool = False,
     rescan: bool = False,
+    accept_changed_files: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train on a dataset card and write the run directory ``out``.
 
+    One process writes a run directory at a time: while a ``train`` holds ``out``, another one
+    (in this process or another) raises :class:`RunDirError` (:mod:`ilt_audit.internal.lock`).
+
     With ``resume=True`` the run continues from its checkpoint with its saved options; ``config``
-    may then only change ``epochs`` (to train longer), ``device`` and ``workers``.
+    may then only change ``epochs`` (to train longer), ``device`` and ``workers``. The card, its
+    manifest and every file it names must be as the run recorded them (:mod:`ilt_audit.inputs`);
+    ``accept_changed_files=True`` resumes with changed files all the same and says how many
+    changed through ``on_warning`` (default: :func:`warnings.warn`).
     ``rescan=True`` decodes every file again even when an identical validation pass is cached.
     """
     out = Path(out)
+    place = distributed.from_env()
     card = card if isinstance(card, Card) else load_card(card)
-    _prepare_out(out, resume)
+    if place.active:
+        distributed.start(place, resolve_device((config or TrainConfig()).device, place))
+    try:
+        with contextlib.ExitStack() as held:
+            with _agreed(place, "opening the run directory"):
+                if place.main:  # the one writer: the lock is rank 0's
+                    held.enter_context(run_lock(out))
+                    _prepare_out(out, resume)
+            return _train(
+                card,
+                out,
+                config,
+                place=place,
+                resume=resume,
+                rescan=rescan,
+                accept_changed_files=accept_changed_files,
+                on_epoch=on_epoch,
+                on_warning=on_warning or (lambda note: warnings.warn(note, stacklevel=4)),
+            )
+    finally:
+        distributed.stop()
+
+
+@contextlib.contextmanager
+def _agreed(place: Place, what: str) -> Iterator[None]:
+    """Run a step that may fail on some ranks only; if it fails anywhere, every rank stops (the
+    failing one with its own error, the others with :class:`~ilt_audit.distributed.PeerFailed`).
+    Nothing to agree on in a job of one."""
+    try:
+        yield
+    except BaseException:
+        distributed.agree(False, place, what)
+        raise
+    distributed.agree(True, place, what)
+
+
+def _train(
+    card: Card,
+    out: Path,
+    config: TrainConfig | None,
+    *,
+    place: Place,
+    resume: bool,
+    rescan: bool,
+    accept_changed_files: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    on_warning: Callable[[str], None],
+) -> TrainResult:
+    """:func:`train`, with the run directory locked by rank 0 and checked.
+
+    Every rank reads the card, the manifest and (to resume) the checkpoint; rank 0 alone writes.
+    """
     state: dict[str, Any] | None = None
     saved_norm: Normalisation | None = None
-    if resume:
-        saved = read_config(out)
-        if saved["card"]["sha256"] != card.sha256():
-            raise RunDirError(
-                f"{out}: the dataset card or its manifest changed since this run started "
-                f"({saved['card']['path']}); start a new run instead of --resume"
+    with _agreed(place, "reading the run to resume and the manifest"):
+        if resume:
+            saved = read_config(out)
+            check_card(out, saved, card)
+            base = config_from_dict(saved["options"])
+            given = config or base
+            config = dataclasses.replace(
+                base, epochs=given.epochs, device=given.device, workers=given.workers
             )
-        base = config_from_dict(saved["options"])
-        given = config or base
-        config = dataclasses.replace(
-            base, epochs=given.epochs, device=given.device, workers=given.workers
-        )
-        state = load_checkpoint(out / CHECKPOINT)
-        saved_norm = saved_normalisation(out)
-    config = (config or TrainConfig()).check()
-    device = resolve_device(config.device)
-
+            state = load_checkpoint(out / CHECKPOINT)
+            saved_norm = saved_normalisation(out)
+        config = (config or TrainConfig()).check()
+        device = resolve_device(config.device, place)
+        manifest = load_manifest(card, check_files=False)
+        files = record_files(manifest) if place.main else None  # before the pass reads them
+        if resume and files is not None:
+            note = check_files(out, files, accept_changed=accept_changed_files)
+            if note is not None:
+                on_warning(note)
     # validates every row and file before anything is written; a resumed run keeps its statistics
-    data = load_dataset(card, workers=config.workers, norm=saved_norm, rescan=rescan)
-    run = _Run(data, config, device)
-    config_json = _config_json(card, data, config, device)
+    data = load_dataset(
+        manifest, workers=config.workers, norm=saved_norm, rescan=rescan, place=place
+    )
+    run = _Run(data, config, device, place)
+    config_json = _config_json(card, data, config, device, place)
     metrics: list[dict[str, Any]] = []
     start_epoch = 1
     if state is not None:
         run.load_state_dict(state)
         start_epoch = int(state["epoch"]) + 1
-        metrics = [m for m in read_metrics(out) if m["epoch"] < start_epoch]
-        for epoch, paths in epoch_files(out).items():  # epochs past the checkpoint are redone
-            if epoch >= start_epoch:
-                for path in paths:
-                    path.unlink()
+        if place.main:
+            metrics = [m for m in read_metrics(out) if m["epoch"] < start_epoch]
+            for epoch, paths in epoch_files(out).items():  # epochs past the checkpoint: redone
+                if epoch >= start_epoch:
+                    for path in paths:
+                        path.unlink()
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    writer = None
+    if place.main:
         write_config(out, config_json)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    train_ids = pa.array(data.ids, pa.string()).take(pa.array(data.train_index))
-    writer = TrajectoryWriter(out, train_ids, [t.name for t in run.tasks])
+        assert files is not None
+        write_files(out, files)
+        train_ids = pa.array(data.ids, pa.string()).take(pa.array(data.train_index))
+        writer = TrajectoryWriter(out, train_ids, [t.name for t in run.tasks])
     for epoch in range(start_epoch, config.epochs + 1):
         row, last_loss = _train_epoch(run, epoch, config.epochs)
-        _write_epoch(out, run, writer, epoch, row, last_loss, metrics, config_json)
-        if on_epoch is not None:
-            on_epoch(row)
+        if writer is not None:
+            _write_epoch(out, run, writer, epoch, row, last_loss, metrics, config_json)
+            if on_epoch is not None:
+                on_epoch(row)
     return TrainResult(out, config.epochs, metrics)
 
 
@@ -427,13 +533,13 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
     started = time.perf_counter()
     shown = started
     loader = iter(run.loader)  # forks the workers (first epoch) before the progress thread starts
-    with progress() as bar:
+    with progress(show=run.place.main) as bar:
         job = bar.add_task(f"Epoch {epoch}/{epochs}", total=len(run.batches), info="")
         for step, batch in enumerate(loader, start=1):
             _raise_file_error(batch, kept)
             positions = batch["index"]  # (B,) rows of the ILT table
             x, targets = to_device(batch, tasks, run.device)
-            l = instance_losses(tasks, run.forward(x), targets)  # (B, K)
+            l = instance_losses(tasks, run.forward(x, run.trainer), targets)  # (B, K)
             loss = run.weighting(l, positions)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -443,10 +549,12 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
             run.optimizer.zero_grad(set_to_none=True)
             if run.scaler is None:
                 loss.backward()
+                run.average_shared_gradients()
                 clip_grad_norm(run.clipped, run.config.grad_clip)
                 run.optimizer.step()
             else:  # fp16: scale the loss, unscale before clipping
                 run.scaler.scale(loss).backward()
+                run.average_shared_gradients()
                 run.scaler.unscale_(run.optimizer)
                 clip_grad_norm(run.clipped, run.config.grad_clip)
                 run.scaler.step(run.optimizer)
@@ -465,6 +573,9 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                     completed=step,
                     info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
                 )
+    if run.place.active:  # each rank trained its share of the rows: every rank gets them all
+        distributed.sum_(last_loss, run.place)
+        trained = distributed.sum_(trained.to(torch.int32), run.place) > 0
     run.weighting.end_epoch(last_loss, trained)  # ILT's sparse update, once per row
     seconds = time.perf_counter() - started  # the update included: it is part of ILT's cost
     mean_losses = last_loss.mean(dim=0)  # (K,)
@@ -474,7 +585,7 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
         "time_s": round(seconds, 4),
         "samples_per_s": round(n / seconds, 2) if seconds > 0 else None,
     }
-    if run.val_loader is not None:
+    if run.val_loader is not None and run.place.main:
         row["val"] = task_metrics(run, run.val_loader)
     return row, last_loss
 

@@ -434,10 +434,13 @@ def test_unreadable_image_on_resume_leaves_the_run_untouched(
     run = tmp_path / "run"
     train(image_card, run, config=tiny(epochs=1, batch_size=4))
     before = files_of(run)
-    # the card and manifest are unchanged (same hash); one image file went bad since
+    # the card and manifest are unchanged (same hash); one image file went bad since, and the
+    # change is accepted: the validation pass still stops at it
     (image_card.parent / "images" / "i003.png").write_bytes(b"not a png any more")
 
-    result = cli("train", image_card, "--out", run, "--resume", "--epochs", "2")
+    result = cli(
+        "train", image_card, "--out", run, "--resume", "--epochs", "2", "--accept-changed-files"
+    )
 
     assert result.exit_code == 2
     assert "row id 'i003'" in result.err and "column 'image'" in result.err

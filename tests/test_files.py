@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,9 @@ def test_a_read_only_folder_is_refused(tmp_path):
 def test_a_folder_as_the_output_file_is_refused(tmp_path):
     with pytest.raises(OutputError, match="it is a folder"):
         write_text_atomic(tmp_path, "x")
+
+
+def test_a_folder_no_file_can_be_created_in_is_refused_even_for_root():
+    # os.access says yes to root everywhere; /proc takes no new file whoever asks
+    with pytest.raises(OutputError, match="the folder /proc is not writable"):
+        check_output(Path("/proc/ilt-audit-summary.md"))

@@ -16,7 +16,7 @@ import pytest
 from ilt_audit import ranking
 from ilt_audit.errors import OptionError, RunDirError
 from ilt_audit.ranking import DEFAULT_BY, SCORES, parse_top, rank, scores
-from ilt_audit.rundir import write_config
+from ilt_audit.rundir import write_config, write_metrics
 from ilt_audit.trajectories import epoch_file, epoch_files, write_epoch
 
 COLUMNS = ["rank", "id", "task", "score", "label"]
@@ -128,6 +128,12 @@ def test_ranking_a_folder_that_is_not_a_run(tmp_path):
 # --- the scores, on hand-written trajectories -----------------------------------------------------
 
 
+def _finish(run, tasks, *, epochs):
+    """What `train` writes besides the trajectories of a run that finished ``epochs`` epochs."""
+    write_config(run, {"tasks": tasks, "options": {"epochs": epochs, "weighting": "ilt"}})
+    write_metrics(run, [{"epoch": e, "loss": {}} for e in range(1, epochs + 1)])
+
+
 @pytest.fixture
 def handmade_run(tmp_path):
     """Eight epochs of two instances and one task with known log σ² and losses."""
@@ -138,7 +144,7 @@ def handmade_run(tmp_path):
         log_sigma2 = np.array([[p[epoch - 1]], [q[epoch - 1]]])
         loss = np.array([[10.0 - epoch], [float(epoch)]])
         write_epoch(tmp_path, epoch, ids, ["t"], log_sigma2, loss)
-    write_config(tmp_path, {"tasks": [{"name": "t", "type": "classification"}]})
+    _finish(tmp_path, [{"name": "t", "type": "classification"}], epochs=8)
     return tmp_path, p, q
 
 
@@ -167,7 +173,7 @@ def test_each_score_orders_the_instances(handmade_run, by, first):
 def test_ties_are_broken_by_id(tmp_path):
     ids = ["b", "c", "a"]
     write_epoch(tmp_path, 1, ids, ["t"], np.zeros((3, 1)), np.zeros((3, 1)))
-    write_config(tmp_path, {"tasks": [{"name": "t", "type": "regression"}]})
+    _finish(tmp_path, [{"name": "t", "type": "regression"}], epochs=1)
     assert rank(tmp_path, labels=False).id.tolist() == ["a", "b", "c"]
 
 
@@ -276,7 +282,7 @@ def test_cli_rank_bad_options_exit_2(planted_run, cli, args, message):
 def test_cli_rank_of_a_folder_that_is_not_a_run(tmp_path, cli):
     result = cli("rank", tmp_path)
     assert result.exit_code == 2
-    assert "no trajectory files" in result.err
+    assert "not a run directory (no config.json)" in result.err
 
 
 # --- what the scores read, and the cut before the labels ------------------------------------------
@@ -326,7 +332,7 @@ def tied_run(tmp_path):
     log_sigma2 = rng.integers(-2, 2, size=(200, 2)).astype(np.float32)  # (N, K)
     log_sigma2[5, 1] = np.nan
     write_epoch(tmp_path, 1, ids, ["t", "u"], log_sigma2, np.ones((200, 2)))
-    write_config(tmp_path, {"tasks": [{"name": "t", "type": "x"}, {"name": "u", "type": "x"}]})
+    _finish(tmp_path, [{"name": "t", "type": "x"}, {"name": "u", "type": "x"}], epochs=1)
     return tmp_path
 
 

@@ -222,3 +222,19 @@ def test_with_a_truth_file_clean_and_corrupted_labels_are_sampled_apart(
     path = render_report(planted_run.run, tmp_path / "r.html", truth=truth, top=3)
     section = path.read_text(encoding="utf-8").split('id="task-label"', 1)[1].split("</section>")[0]
     assert "all: 10 of 60; clean: 10 of 55; corrupted: 5 of 5" in section
+
+
+def test_a_label_file_gone_after_training_is_one_error_naming_row_and_column(
+    make_image_card, tmp_path, tiny, cli
+):
+    card = make_image_card(tmp_path / "data")
+    run = tmp_path / "run"
+    train(card, run, config=tiny(epochs=1))
+    (run / "checkpoint.pt").unlink()  # the page then reads every shown label file itself
+    for mask in (card.parent / "masks").glob("*.png"):
+        mask.write_bytes(b"not a png")
+    result = cli("report", run, "--out", tmp_path / "r.html", "--top", "12")
+    assert result.exit_code == 2, result.stderr
+    assert result.err.count("Error:") == 1 and "Traceback" not in result.err
+    assert "column 'mask': cannot read its file" in result.err
+    assert not (tmp_path / "r.html").exists()

@@ -66,6 +66,7 @@ def test_run_directory_has_config_metrics_checkpoint_and_trajectories(
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint.pt",
         "config.json",
+        "inputs.parquet",
         "metrics.jsonl",
         "trajectories",
     ]

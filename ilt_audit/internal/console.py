@@ -13,8 +13,9 @@ T = TypeVar("T")
 err_console = Console(stderr=True)
 
 
-def progress(transient: bool = True) -> Progress:
-    """A progress display on stderr; it shows nothing when stderr is not a terminal."""
+def progress(transient: bool = True, *, show: bool = True) -> Progress:
+    """A progress display on stderr; it shows nothing when stderr is not a terminal, or when
+    ``show`` is False (ranks other than 0 of a torchrun job)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -23,7 +24,7 @@ def progress(transient: bool = True) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=err_console,
         transient=transient,
-        disable=not err_console.is_terminal,
+        disable=not (show and err_console.is_terminal),
     )
 
 

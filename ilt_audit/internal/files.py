@@ -40,8 +40,14 @@ def check_output(path: Path) -> None:
         raise OutputError(f"cannot write {path}: {folder} is not a folder")
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: the folder {folder} is not writable")
+    probe = folder / f".{path.name}.probe-{os.getpid()}"
+    try:  # os.access says yes to root everywhere: a file created and removed at once says true
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: the folder {folder} is not writable ({exc.strerror or exc})"
+        ) from None
 
 
 @contextmanager

@@ -1,0 +1,112 @@
+"""Training under ``torchrun``: this process's place in the job, and the few exchanges it needs.
+
+``torchrun --nproc-per-node N -m ilt_audit train …`` starts N processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment; :func:`from_env` reads them, and a plain
+``ilt-audit train`` is a job of one. The exchanges are collective calls of
+``torch.distributed`` (gloo on the CPU, nccl on CUDA) on tensors only: nothing is pickled.
+
+What travels, per epoch: DDP's gradient all-reduce (every step, as in any DDP job) and, once at the
+epoch's end, one sum of the ``(N, K)`` losses and the ``(N,)`` trained flags (:func:`sum_`), after
+which every rank applies the same ILT update to the whole table. A job of one calls none of them.
+
+Example:
+    >>> place = from_env()  # doctest: +SKIP
+    >>> place.rank, place.world  # doctest: +SKIP
+    (0, 2)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ilt_audit.errors import IltAuditError, OptionError
+
+TIMEOUT = timedelta(minutes=30)  # a collective call waits this long for the other ranks
+
+
+class PeerFailed(IltAuditError):
+    """Another rank of the job stopped on an error; this rank stops too (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """This process's place in a ``torchrun`` job: its rank among ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes the run directory and shows progress."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def from_env() -> Place:
+    """The place ``torchrun`` gave this process (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or a
+    job of one."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise OptionError(
+            "WORLD_SIZE, RANK and LOCAL_RANK must be integers (they are set by torchrun)"
+        ) from None
+    if world < 1 or not 0 <= rank < world:
+        raise OptionError(f"RANK {rank} is not within WORLD_SIZE {world} (set by torchrun)")
+    return Place(rank, world, local_rank)
+
+
+def start(place: Place, device: torch.device) -> None:
+    """Join the job's process group (once per process): nccl on CUDA, gloo on the CPU."""
+    if not place.active or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=TIMEOUT)
+
+
+def stop() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_(tensor: torch.Tensor, place: Place) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks, in place (nothing to do in a job of one)."""
+    if place.active:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def agree(ok: bool, place: Place, what: str) -> None:
+    """Every rank says whether it got through ``what``; if one did not, the others stop too.
+
+    The rank that failed raises its own error (with the message that names the file and row);
+    the others raise :class:`PeerFailed`, so that every rank of the job ends with exit code 2
+    instead of waiting for a collective call that never comes.
+    """
+    if not place.active:
+        return
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    if ok and int(flag) == 0:
+        raise PeerFailed(f"rank {place.rank}: another rank stopped during {what}; see its error")
+
+
+def first(value: int, place: Place) -> int:
+    """The smallest of each rank's ``value`` (e.g. the first bad row each rank found)."""
+    if not place.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor)
