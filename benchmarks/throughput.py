@@ -119,7 +119,7 @@ class Settings:
     image_sizes: tuple[int, ...]
     feature_epochs: int
     image_epochs: int
-    repeat: int  # runs of each features measurement, interleaved; the fastest is reported
+    repeat: int  # runs of each features measurement, interleaved; ratios: median of the rounds
     device: str  # as `train --device` takes it
     threads: int | None  # torch CPU threads, here and in every subprocess; None: torch's choice
     workdir: Path
@@ -179,8 +179,8 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--repeat",
         type=int,
-        help="runs of each features measurement (plain, equal, ilt, interleaved); the run with "
-        "the fastest steady epoch is reported (default 5; 1 with --quick)",
+        help="runs of each features measurement (plain, equal, ilt, interleaved); a ratio is the "
+        "median of the rounds' ratios (default 7; 1 with --quick)",
     )
     parser.add_argument(
         "--device", default="auto", help="as `ilt-audit train --device` (default auto)"
@@ -206,7 +206,7 @@ def parse_args(argv: list[str]) -> Settings:
     )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 7)
     for name in ("feature_epochs", "image_epochs", "repeat"):
         if (repeat if name == "repeat" else getattr(args, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -712,6 +712,11 @@ def _fastest_run(attempts: list[dict[str, Any]]) -> dict[str, Any]:
     return min(attempts, key=lambda a: _steady(a["epoch_s"]))
 
 
+def _paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over interleaved rounds of ``numerator[i] / denominator[i]``."""
+    return float(np.median([a / b for a, b in zip(numerator, denominator, strict=True)]))
+
+
 def _steady(epoch_s: list[float]) -> float:
     """An epoch's time past warm-up: the mean of epochs 2..N (the only one when N is 1)."""
     return _mean(epoch_s[1:] or epoch_s)
@@ -750,18 +755,22 @@ def features_section(settings: Settings, records: list[dict[str, Any]]) -> list[
     rows, detail = [], []
     for r in records:
         n, bounds = r["n"], FEATURE_TARGETS.get(r["n"], {})
-        plain, equal, ilt = (_steady(r[k]["epoch_s"]) for k in ("plain", "equal", "ilt"))
+        plain, equal, ilt = (
+            float(np.median(r[f"{k}_steady_s"])) for k in ("plain", "equal", "ilt")
+        )
+        vs_equal = _paired_ratio(r["ilt_steady_s"], r["equal_steady_s"])
+        vs_plain = _paired_ratio(r["ilt_steady_s"], r["plain_steady_s"])
         rows += [
             _row(
                 f"ILT epoch ÷ equal epoch, {n:,} rows",
-                f"{ilt / equal:.3f} ({ilt:.3f} s ÷ {equal:.3f} s)",
-                ilt / equal,
+                f"{vs_equal:.3f} (median epochs {ilt:.3f} s and {equal:.3f} s)",
+                vs_equal,
                 bounds.get("ilt_vs_equal"),
             ),
             _row(
                 f"ILT epoch ÷ plain-loop epoch, {n:,} rows",
-                f"{ilt / plain:.3f} ({ilt:.3f} s ÷ {plain:.3f} s)",
-                ilt / plain,
+                f"{vs_plain:.3f} (median epochs {ilt:.3f} s and {plain:.3f} s)",
+                vs_plain,
                 bounds.get("ilt_vs_plain"),
             ),
             _row(
@@ -796,9 +805,13 @@ def features_section(settings: Settings, records: list[dict[str, Any]]) -> list[
         f"{settings.feature_epochs} epochs",
         "",
         f"Epoch ratios use {which}. Each of the plain loop, `equal` and `ilt` ran "
-        f"{settings.repeat} time(s), interleaved, and the run with the fastest steady epoch is "
-        "the one reported: noise on a shared machine only adds time (every run's figure is in "
-        "the raw results). `train`'s epoch time includes ILT's end-of-epoch update. The plain "
+        f"{settings.repeat} time(s), interleaved (plain, equal, ILT, plain, …); a ratio is the "
+        "median over the rounds of the ratio within a round, so that drift in the machine's "
+        "speed hits both sides of each ratio alike, and one lucky or unlucky run moves nothing "
+        "(on 2 shared cores one epoch varies by ±10% from run to run, more than the cost "
+        "measured). The epochs, wall clocks and memory in the lower table are those of the run "
+        "with the fastest steady epoch; every run's figure is in the raw results. `train`'s "
+        "epoch time includes ILT's end-of-epoch update. The plain "
         "loop is the network "
         "`train` builds, the same batches, AdamW with the same settings in PyTorch's default "
         "implementation (`train` uses the fused one), the mean over the batch of the summed task "
@@ -891,19 +904,22 @@ def images_section(settings: Settings, records: list[dict[str, Any]]) -> list[st
     ]
 
 
-def machine(settings: Settings) -> dict[str, Any]:
-    device = resolve_device(settings.device)
-    model = ""
+def cpu_model() -> str:
+    """The CPU's model name, from ``/proc/cpuinfo`` where there is one."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown"
+
+
+def machine(settings: Settings) -> dict[str, Any]:
+    device = resolve_device(settings.device)
     return {
         "system": f"{platform.system()} {platform.machine()}",
-        "cpu": model or platform.processor() or "unknown",
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
