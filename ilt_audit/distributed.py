@@ -72,6 +72,8 @@ def start(place: Place, device: torch.device) -> None:
     if not place.active or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=TIMEOUT)
 
 
@@ -81,10 +83,21 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType) -> None:
+    """``all_reduce`` in place; under nccl a CPU tensor (the ILT table's losses, a flag) makes
+    the trip through the process's GPU, since nccl reduces CUDA tensors only."""
+    if tensor.device.type != "cuda" and dist.get_backend() == "nccl":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=op)
+        tensor.copy_(on_gpu)
+    else:
+        dist.all_reduce(tensor, op=op)
+
+
 def sum_(tensor: torch.Tensor, place: Place) -> torch.Tensor:
     """Sum ``tensor`` over the ranks, in place (nothing to do in a job of one)."""
     if place.active:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _all_reduce(tensor, dist.ReduceOp.SUM)
     return tensor
 
 
@@ -98,7 +111,7 @@ def agree(ok: bool, place: Place, what: str) -> None:
     if not place.active:
         return
     flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    _all_reduce(flag, dist.ReduceOp.MIN)
     if ok and int(flag) == 0:
         raise PeerFailed(f"rank {place.rank}: another rank stopped during {what}; see its error")
 
@@ -108,5 +121,5 @@ def first(value: int, place: Place) -> int:
     if not place.active:
         return value
     tensor = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    _all_reduce(tensor, dist.ReduceOp.MIN)
     return int(tensor)
