@@ -94,6 +94,11 @@ class Noise(StrEnum):
     replace = "replace"
 
 
+class DropTo(StrEnum):
+    background = "background"
+    ignore = "ignore"
+
+
 class Precision(StrEnum):
     auto = "auto"
     fp32 = "fp32"
@@ -107,6 +112,7 @@ class Weighting(StrEnum):
     uncertainty = "uncertainty"
     dwa = "dwa"
     gls = "gls"
+    mao = "mao"
 
 
 def _version(value: bool) -> None:
@@ -249,7 +255,11 @@ AllowPartialOption = Annotated[
 ]
 ByOption = Annotated[
     str | None,
-    typer.Option("--by", help="Score: final (default), tail, mean, or loss (small-loss baseline)."),
+    typer.Option(
+        "--by",
+        help="Score: final (default), tail, mean, loss (small-loss baseline), or aum "
+        "(minus the mean classification margin; classification tasks only).",
+    ),
 ]
 
 
@@ -399,16 +409,64 @@ def corrupt(
         Noise,
         typer.Option(help="Regression noise: add U(min, max) to the label (paper), or replace it."),
     ] = Noise.add,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode",
+            help="The kind of error: MODE for every task it fits, or TASK=MODE (repeatable). "
+            "classification: permutation (default), uniform, confusion, pairs; segmentation: "
+            "permutation (default), drop-object, shift, boundary, merge; regression: uniform "
+            "(default), gaussian, scale, swap; dense-regression: uniform (default), offset, "
+            "scale, shift, holes.",
+        ),
+    ] = None,
+    magnitude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--magnitude",
+            help="The mode's size: VALUE or TASK=VALUE (repeatable): pixels for shift (3) and "
+            "boundary (2), a share of the std for gaussian and offset (0.5), of the map for "
+            "holes (0.25).",
+        ),
+    ] = None,
+    drop_to: Annotated[
+        DropTo,
+        typer.Option(help="What drop-object and a mask's shift leave: class 0, or ignore_index."),
+    ] = DropTo.background,
+    confusion: Annotated[
+        Path | None,
+        typer.Option(
+            help="Confusion mode: a CSV confusion matrix (header and first column: class names); "
+            "without it, a cross-validated model's."
+        ),
+    ] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(help="Pairs mode: a CSV of from,to classes; without it, class i → i + 1."),
+    ] = None,
 ) -> None:
-    """Corrupt a share of a clean dataset's labels, as in the paper, to measure detection.
+    """Corrupt a share of a clean dataset's labels, as in the paper or as --mode says.
 
     Example: ilt-audit corrupt sample_manifests/shapes/card.toml --task shape --fraction 0.4 --out noisy
+
+    Example: ilt-audit corrupt shapes/card.toml --task seg --mode drop-object --fraction 0.4 --out noisy
     """
     from ilt_audit.corruption import corrupt as corrupt_dataset
+    from ilt_audit.corruption import per_task_option
     from ilt_audit.internal.console import err_console
 
     result = corrupt_dataset(
-        card, tasks=task, fraction=fraction, seed=seed, out=out, noise=noise.value
+        card,
+        tasks=task,
+        fraction=fraction,
+        seed=seed,
+        out=out,
+        noise=noise.value,
+        mode=per_task_option(mode or [], "--mode") or None,
+        magnitude=per_task_option(magnitude or [], "--magnitude", number=True) or None,
+        drop_to=drop_to.value,
+        confusion=confusion,
+        pairs=pairs,
     )
     counts = ", ".join(f"{name}: {n}" for name, n in result.counts.items())
     err_console.print(

@@ -1,8 +1,8 @@
 """Plant wrong labels in a clean dataset on purpose, so that their detection can be measured.
 
-:func:`corrupt` follows the paper's protocol (section 4.6). For each requested task it picks
-exactly ``round(fraction * N)`` of the training instances (rows with ``split == "train"`` when
-the card has a split column, otherwise all rows) and changes their label:
+:func:`corrupt` follows the paper's protocol (section 4.6) by default. For each requested task
+it picks exactly ``round(fraction * N)`` of the training instances (rows with ``split == "train"``
+when the card has a split column, otherwise all rows) and changes their label:
 
 - classification and segmentation: one random permutation of the class ids that moves every
   class (a derangement), applied to the label, or to every labelled pixel of the mask, so every
@@ -13,6 +13,12 @@ the card has a split column, otherwise all rows) and changes their label:
 - dense regression: uniform noise over ``[0, max]`` of the target over all training maps, drawn
   per pixel; the new map is a float32 ``.npy`` in the task's units (a 16-bit PNG's values divided
   by ``scale``), and since ``.npy`` maps are never scaled the card keeps its ``scale``.
+
+``mode`` plants other, structured errors instead (a near class, a dropped object, a mask drawn
+a few pixels off, a value in the wrong unit). The modes themselves, each with its ``plan`` and
+``apply``, live in :mod:`ilt_audit.corruption_modes` (:data:`~ilt_audit.corruption_modes.MODES`);
+this module resolves and checks the options, picks the rows, and writes the dataset and the
+truth file, which :func:`read_truth` reads back.
 
 "Noise" is *added* to the label by default (``noise="add"``): the paper says "We **add** uniform
 noise in the range -2.0 to 2.0 for pose and shape annotations ... We obtained the range by
@@ -27,9 +33,10 @@ Each task draws from its own generator, seeded by ``(seed, crc32(task name))``, 
 selection does not depend on which other tasks are corrupted nor on their order. The output
 folder holds a new card (same content, same table name), a manifest in the original format whose
 paths still point at the original input files (nothing is copied or modified), new mask/depth
-files for the corrupted dense labels, and ``corruption.parquet`` (``id, task, corrupted``) naming
-exactly the labels that were changed. Everything is written into a temporary sibling folder that
-is renamed onto ``out`` at the end, so a crash leaves nothing half-written.
+files for the corrupted dense labels, and ``corruption.parquet`` (``id, task, corrupted`` and, on
+the changed rows, ``mode, magnitude, detail``) naming exactly the labels that were changed.
+Everything is written into a temporary sibling folder that is renamed onto ``out`` at the end,
+so a crash leaves nothing half-written.
 
 Example:
     >>> result = corrupt("sample_manifests/shapes/card.toml", tasks=["shape"], fraction=0.4,
@@ -40,14 +47,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,15 +62,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
 from ilt_audit.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
+from ilt_audit.corruption_modes import FILLS, MODES, NOISES, Mode, Output, Setting
 from ilt_audit.errors import CardError, OptionError, TruthError
-from ilt_audit.internal.console import track
+from ilt_audit.internal.toml import toml_dumps, toml_string
 from ilt_audit.manifest import Manifest, load_manifest, read_table
 
 TRUTH_FILE = "corruption.parquet"
+# What every corruption file holds (a file written before the modes holds only this) ...
 TRUTH_SCHEMA = pa.schema([("id", pa.string()), ("task", pa.string()), ("corrupted", pa.bool_())])
+# ... and what corrupt() writes: each changed label's mode, magnitude and what changed
+WRITTEN_TRUTH_SCHEMA = (
+    TRUTH_SCHEMA.append(pa.field("mode", pa.string()))
+    .append(
+        pa.field("magnitude", pa.float64())  # NaN where the mode takes none, and on clean rows
+    )
+    .append(pa.field("detail", pa.string()))
+)  # e.g. "ant→bee", "dx=3,dy=-3"; null on clean rows
 
 
 @dataclass(frozen=True)
@@ -77,23 +92,6 @@ class CorruptionResult:
     eligible: int  # N: the rows that could be corrupted (the training rows)
 
 
-Noise = Callable[[np.ndarray, Any, Any, np.random.Generator], np.ndarray]
-
-
-def _add_noise(old: np.ndarray, low: Any, high: Any, rng: np.random.Generator) -> np.ndarray:
-    return old + rng.uniform(low, high, size=old.shape)
-
-
-def _replace_noise(old: np.ndarray, low: Any, high: Any, rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(low, high, size=old.shape)
-
-
-NOISES: dict[str, Noise] = {
-    "add": _add_noise,  # the paper: y + U(min, max)
-    "replace": _replace_noise,  # a fresh value: U(min, max)
-}
-
-
 def corrupt(
     card: Card | str | Path,
     *,
@@ -102,8 +100,22 @@ def corrupt(
     seed: int = 0,
     out: str | Path,
     noise: str = "add",
+    mode: str | Mapping[str | None, str] | None = None,
+    magnitude: float | Mapping[str | None, float] | None = None,
+    drop_to: str = "background",
+    confusion: str | Path | None = None,
+    pairs: str | Path | None = None,
 ) -> CorruptionResult:
     """Write a copy of a dataset with a fraction of the labels of some tasks corrupted.
+
+    ``mode`` chooses the kind of error (see :data:`MODES`): a mode name applies to every task
+    whose type has it (the others keep the paper's mode), a mapping ``{task: mode}`` sets it per
+    task, and the key ``None`` of a mapping is the bare mode. ``magnitude`` likewise (a number,
+    or ``{task: number}``), for the modes that take one. ``drop_to`` is what ``drop-object`` and
+    a segmentation ``shift`` leave behind: ``"background"`` (class 0) or ``"ignore"`` (the
+    task's ``ignore_index``). ``confusion`` is a CSV confusion matrix for the ``confusion``
+    mode (without it, a cross-validated model's confusion is used), ``pairs`` a CSV mapping
+    ``from,to`` for the ``pairs`` mode (without it, class i becomes class i + 1).
 
     Everything is validated (card, manifest, options, the label files to corrupt) before anything
     is written; on any error nothing is left behind.
@@ -112,10 +124,24 @@ def corrupt(
         >>> corrupt("sample_manifests/penguins/card.toml", tasks=["species", "body_mass"],
         ...         fraction=0.2, seed=1, out="/tmp/penguins-noisy").counts  # doctest: +SKIP
         {'species': 67, 'body_mass': 67}
+        >>> corrupt("sample_manifests/shapes/card.toml", tasks=["shape", "seg"], fraction=0.4,
+        ...         mode={"shape": "confusion", "seg": "drop-object"},
+        ...         out="/tmp/shapes-realistic").counts  # doctest: +SKIP
+        {'shape': 240, 'seg': 240}
     """
     manifest = load_manifest(card)
     card = manifest.card
     specs = _check_options(manifest, tasks, fraction, seed, noise)
+    settings = _resolve_settings(
+        specs,
+        seed,
+        noise=noise,
+        mode=mode,
+        magnitude=magnitude,
+        drop_to=drop_to,
+        confusion=confusion,
+        pairs=pairs,
+    )
     out = Path(out).resolve()
     _check_out(out)
 
@@ -129,35 +155,43 @@ def corrupt(
         )
     plans = []
     for task in specs:
-        candidates, stats = _CORRUPTIONS[task.type].plan(manifest, task, eligible)
+        setting = settings[task.name]
+        candidates, stats = setting.method.plan(manifest, task, eligible, setting)
         if len(candidates) < k:
             raise CardError(
                 f"{card.table_path}: task {task.name!r}: only {len(candidates)} of the {n} "
                 f"training instances have a label that can be changed, fewer than the {k} to "
-                "corrupt"
+                f"corrupt (mode {setting.mode!r})"
             )
         rng = np.random.default_rng([seed, zlib.crc32(task.name.encode("utf-8"))])
         chosen = np.sort(rng.choice(candidates, size=k, replace=False))
-        plans.append(_Plan(task, stats, chosen, rng))
+        plans.append(_Plan(task, setting, stats, chosen, rng))
     names = ", ".join(t.name for t in specs)
     note = f"tasks: {names}; fraction: {fraction}; seed: {seed}; noise: {noise}"
-    _write_dataset(manifest, eligible, plans, out, NOISES[noise], note)
+    chosen_modes = [
+        f"{t.name}={settings[t.name].describe()}" for t in specs if not settings[t.name].default
+    ]
+    if chosen_modes:  # the paper's modes keep the note, and the card, as they always were
+        note += f"; modes: {', '.join(chosen_modes)}"
+    _write_dataset(manifest, eligible, plans, out, note)
     counts = {plan.task.name: len(plan.chosen) for plan in plans}
     return CorruptionResult(out / card.path.name, out / TRUTH_FILE, counts, n)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """What to do to one task: its statistics (see ``_Corruption.plan``) and the rows to change."""
+    """What to do to one task: its settings, statistics (see ``Mode.plan``), rows to change."""
 
     task: TaskSpec
+    setting: Setting
     stats: Any
     chosen: np.ndarray  # (k,) sorted row numbers
     rng: np.random.Generator  # the task's generator, after drawing ``chosen``
+    details: list[str] = field(default_factory=list)  # filled by apply: one per chosen row
 
 
 def _write_dataset(
-    manifest: Manifest, eligible: np.ndarray, plans: list[_Plan], out: Path, noise: Noise, note: str
+    manifest: Manifest, eligible: np.ndarray, plans: list[_Plan], out: Path, note: str
 ) -> None:
     """Write the corrupted dataset into a temporary sibling of ``out``, then rename it."""
     card = manifest.card
@@ -166,10 +200,13 @@ def _write_dataset(
     try:
         staging.mkdir(parents=True)
         table = read_table(card.table_path, card.id).reset_index(drop=True)  # original dtypes
-        output = _Output(manifest, table, out, staging, noise)
+        output = Output(manifest, table, out, staging)
         _rewrite_paths(output)
         for plan in plans:
-            _CORRUPTIONS[plan.task.type].apply(output, plan.task, plan.stats, plan.chosen, plan.rng)
+            method = plan.setting.method
+            plan.details.extend(
+                method.apply(output, plan.task, plan.stats, plan.chosen, plan.rng, plan.setting)
+            )
         raw, header = _new_card(card, note)
         _write_table(output.frame, staging / raw["table"])
         (staging / card.path.name).write_text(header + toml_dumps(raw), encoding="utf-8")
@@ -191,7 +228,7 @@ def _new_card(card: Card, note: str) -> tuple[dict[str, Any], str]:
     and, for an image card, ``allow_outside_paths`` and the reason."""
     raw = dict(card.raw)
     # a path is quoted: a newline in it must not end the comment (task names are [a-z0-9_-])
-    header = f"# Written by ilt-audit corrupt from {_toml_string(str(card.path))}\n# {note}\n"
+    header = f"# Written by ilt-audit corrupt from {toml_string(str(card.path))}\n# {note}\n"
     raw["table"] = Path(card.table).name if re.search(ESCAPING_PATH, card.table) else card.table
     if card.input.type == "image":
         # Honest rather than tidy: the new manifest names the original dataset's input files,
@@ -201,7 +238,7 @@ def _new_card(card: Card, note: str) -> tuple[dict[str, Any], str]:
         raw["allow_outside_paths"] = True
         header += (
             "# allow_outside_paths: the inputs are the original dataset's files in "
-            f"{_toml_string(str(card.root))}\n"
+            f"{toml_string(str(card.root))}\n"
         )
     return raw, header
 
@@ -233,6 +270,162 @@ def _check_options(
     return specs
 
 
+def per_task_option(
+    values: Sequence[str], option: str, *, number: bool = False
+) -> dict[str | None, Any]:
+    """Parse a repeatable option given as ``VALUE`` (every task it fits) or ``TASK=VALUE``.
+
+    The result has the key ``None`` for the bare value; ``number`` reads the values as floats.
+
+    Example:
+        >>> per_task_option(["shift", "seg=drop-object"], "--mode")
+        {None: 'shift', 'seg': 'drop-object'}
+    """
+    parsed: dict[str | None, Any] = {}
+    for value in values:
+        task, sep, text = value.rpartition("=")
+        key = task if sep else None
+        if key in parsed:
+            which = "a bare value" if key is None else f"task {key!r}"
+            raise OptionError(f"{option} is given twice for {which}: {parsed[key]!r} and {text!r}")
+        if number:
+            try:
+                parsed[key] = float(text)
+            except ValueError:
+                raise OptionError(f"{option} {value!r}: {text!r} is not a number") from None
+        else:
+            parsed[key] = text
+    return parsed
+
+
+def _per_task(value: Any, specs: list[TaskSpec], what: str) -> tuple[Any, dict[str, Any]]:
+    """Split a bare-or-per-task option into its bare value and ``{task: value}``."""
+    if not isinstance(value, Mapping):
+        return value, {}
+    names = [t.name for t in specs]
+    per_task = {key: v for key, v in value.items() if key is not None}
+    for key in per_task:
+        if key not in names:
+            raise OptionError(
+                f"{what} names task {key!r}, which is not corrupted; the tasks corrupted are: "
+                f"{', '.join(names)}"
+            )
+    return value.get(None), per_task
+
+
+def _modes_of(task: TaskSpec) -> str:
+    return f"task {task.name!r} ({task.type}) takes {', '.join(MODES[task.type])}"
+
+
+def _resolve_settings(
+    specs: list[TaskSpec],
+    seed: int,
+    *,
+    noise: str,
+    mode: Any,
+    magnitude: Any,
+    drop_to: str,
+    confusion: str | Path | None,
+    pairs: str | Path | None,
+) -> dict[str, Setting]:
+    """Each task's mode and options, from the bare and per-task values; every misfit refused."""
+    bare_mode, task_modes = _per_task(mode, specs, "--mode")
+    for name, chosen in task_modes.items():
+        task = next(t for t in specs if t.name == name)
+        if chosen not in MODES[task.type]:
+            raise OptionError(f"mode {chosen!r} does not apply to {_modes_of(task)}")
+    if bare_mode is not None and not any(
+        bare_mode in MODES[t.type] for t in specs if t.name not in task_modes
+    ):
+        raise OptionError(
+            f"mode {bare_mode!r} applies to none of the tasks: "
+            + "; ".join(_modes_of(t) for t in specs)
+        )
+    modes = {
+        t.name: task_modes.get(
+            t.name, bare_mode if bare_mode in MODES[t.type] else next(iter(MODES[t.type]))
+        )
+        for t in specs
+    }
+    bare_size, task_sizes = _per_task(magnitude, specs, "--magnitude")
+    for name in task_sizes:
+        if MODES[next(t for t in specs if t.name == name).type][modes[name]].magnitude is None:
+            raise OptionError(f"--magnitude: mode {modes[name]!r} of task {name!r} takes none")
+    takers = [t.name for t in specs if MODES[t.type][modes[t.name]].magnitude is not None]
+    if bare_size is not None and not set(takers) - set(task_sizes):
+        chosen = ", ".join(f"{name}: {m}" for name, m in modes.items())
+        raise OptionError(f"--magnitude applies to none of the tasks' modes ({chosen})")
+    if drop_to not in FILLS:
+        raise OptionError(f"unknown --drop-to {drop_to!r}; choose one of {', '.join(FILLS)}")
+    settings = {}
+    for task in specs:
+        method = MODES[task.type][modes[task.name]]
+        size = task_sizes.get(task.name, bare_size)
+        if method.magnitude is None:
+            size = None
+        elif size is None:
+            size = method.magnitude
+        else:
+            size = _check_magnitude(task, modes[task.name], method, size)
+        settings[task.name] = Setting(
+            modes[task.name],
+            method,
+            size,
+            default=modes[task.name] == next(iter(MODES[task.type])),
+            seed=seed,
+            drop_to=drop_to,
+            confusion=None if confusion is None else Path(confusion),
+            pairs=None if pairs is None else Path(pairs),
+            noise=NOISES[noise],
+        )
+    uses = {  # an option is refused where no task's mode reads it
+        "--drop-to": drop_to != "background",
+        "--confusion": confusion is not None,
+        "--pairs": pairs is not None,
+    }
+    readers = {
+        "--drop-to": ("segmentation", ("drop-object", "shift")),
+        "--confusion": ("classification", ("confusion",)),
+        "--pairs": ("classification", ("pairs",)),
+    }
+    for option, given in uses.items():
+        kind, names = readers[option]
+        if given and not any(t.type == kind and modes[t.name] in names for t in specs):
+            raise OptionError(
+                f"{option} applies only to {kind} tasks in mode {' or '.join(names)}; "
+                f"the modes are: {', '.join(f'{n}: {m}' for n, m in modes.items())}"
+            )
+    for task in specs:
+        if modes[task.name] == "swap" and len(task.columns) < 2:
+            raise OptionError(
+                f"mode 'swap' exchanges two columns, and task {task.name!r} has one "
+                f"({task.column!r}); {_modes_of(task)}"
+            )
+        if (
+            task.type == "segmentation"
+            and modes[task.name] in ("drop-object", "shift")
+            and drop_to == "ignore"
+            and task.ignore_index is None
+        ):
+            raise OptionError(
+                f"--drop-to ignore: task {task.name!r} has no ignore_index in its card"
+            )
+    return settings
+
+
+def _check_magnitude(task: TaskSpec, mode: str, method: Mode, value: Any) -> float:
+    where = f"--magnitude of task {task.name!r} (mode {mode!r})"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise OptionError(f"{where} must be a number, got {value!r}")
+    if method.pixels and (value != int(value) or value < 1):
+        raise OptionError(f"{where} is a number of pixels, a whole number >= 1; got {value!r}")
+    if method.share and not 0 < value < 1:
+        raise OptionError(f"{where} is a share of the map, strictly between 0 and 1; got {value!r}")
+    if value <= 0:
+        raise OptionError(f"{where} must be positive, got {value!r}")
+    return float(value)
+
+
 def _check_out(out: Path) -> None:
     if out.is_dir():
         if any(out.iterdir()):
@@ -252,40 +445,7 @@ def _eligible_rows(manifest: Manifest) -> np.ndarray:
     return rows
 
 
-@dataclass
-class _Output:
-    """The dataset being written: the new table and where its files go."""
-
-    manifest: Manifest
-    frame: pd.DataFrame  # the new manifest table, edited in place
-    root: Path  # the final output folder: paths in the table are relative to it
-    staging: Path  # where files are written until the folder is renamed to ``root``
-    noise: Noise
-    ids: list[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.ids = self.manifest.ids
-
-    def write_file(
-        self, task: TaskSpec, row: int, suffix: str, write: Callable[[Path], None]
-    ) -> None:
-        """Write a new label file for a row and point the row's label column at it."""
-        name = f"{task.name}/{_file_stem(self.ids[row])}{suffix}"
-        path = self.staging / name
-        path.parent.mkdir(exist_ok=True)
-        write(path)
-        self.frame.loc[row, task.column] = name
-
-
-def _file_stem(instance_id: str) -> str:
-    """A file name for an instance: its id when that is a safe name, else a sanitised id + hash."""
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", instance_id):
-        return instance_id
-    digest = hashlib.sha1(instance_id.encode("utf-8")).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', instance_id)[:60].strip('._')}-{digest}"
-
-
-def _rewrite_paths(output: _Output) -> None:
+def _rewrite_paths(output: Output) -> None:
     """Point every file column at the original files, relative to the new card's folder."""
     card = output.manifest.card
     columns = [t.column for t in card.tasks if t.dense]
@@ -298,199 +458,6 @@ def _rewrite_paths(output: _Output) -> None:
             else Path(os.path.relpath(card.root / value, output.root)).as_posix()
             for value in output.frame[column]
         ]
-
-
-# --- one corruption per task type -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Corruption:
-    # (manifest, task, eligible rows) -> (rows whose label can change, statistics for apply);
-    # reads and checks the labels, raises CardError; writes nothing
-    plan: Callable[[Manifest, TaskSpec, np.ndarray], tuple[np.ndarray, Any]]
-    # (output, task, statistics, chosen rows, rng) -> None: changes the chosen labels
-    apply: Callable[[_Output, TaskSpec, Any, np.ndarray, np.random.Generator], None]
-
-
-def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A random permutation of 0..n-1 without a fixed point (n >= 2); about e draws on average."""
-    while True:
-        perm = rng.permutation(n)
-        if not (perm == np.arange(n)).any():
-            return perm
-
-
-def _plan_all(manifest: Manifest, task: TaskSpec, eligible: np.ndarray) -> tuple[np.ndarray, None]:
-    return eligible, None
-
-
-def _corrupt_classification(
-    output: _Output, task: TaskSpec, _: None, rows: np.ndarray, rng: np.random.Generator
-) -> None:
-    names = output.manifest.class_names[task.name]
-    perm = _derangement(len(names), rng)
-    index = output.manifest.class_index(task)  # (N,)
-    column = output.frame[task.column]
-    as_found = {names[i]: value for i, value in zip(index, column, strict=True)}
-    values = column.tolist()
-    for row in rows:
-        values[row] = _label_value(names[perm[index[row]]], column.dtype, as_found)
-    output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
-
-
-def _label_value(name: str, dtype: Any, as_found: dict[str, Any]) -> Any:
-    """A class name in the representation of the label column (ints stay ints, text stays text)."""
-    if pd.api.types.is_bool_dtype(dtype):
-        return name == "True"
-    if pd.api.types.is_integer_dtype(dtype):
-        return int(name)
-    if pd.api.types.is_float_dtype(dtype):
-        return float(name)
-    return as_found.get(name, name)
-
-
-def _read_label_file(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
-    # ilt_audit.data imports torch; importing it here keeps read_truth (and evaluation) light
-    from ilt_audit.data import read_depth, read_mask
-
-    value = manifest.frame.at[row, task.column]
-    path = manifest.file_path(value)
-    try:
-        array = read_mask(path) if task.type == "segmentation" else read_depth(path, task.scale)
-    except (ValueError, OSError, UnidentifiedImageError) as exc:
-        raise _row_error(manifest, row, task, f"cannot read the {task.type} map ({exc})") from None
-    return array
-
-
-def _row_error(manifest: Manifest, row: int, task: TaskSpec, why: str) -> CardError:
-    row_id, value = manifest.frame.at[row, manifest.card.id], manifest.frame.at[row, task.column]
-    return CardError(
-        f"{manifest.card.table_path}: row id {row_id!r}: column {task.column!r}: {why} "
-        f"(file: {value!r})"
-    )
-
-
-def _labelled(task: TaskSpec, mask: np.ndarray) -> np.ndarray:
-    if task.ignore_index is None:
-        return np.ones(mask.shape, dtype=bool)
-    return mask != task.ignore_index
-
-
-def _plan_masks(
-    manifest: Manifest, task: TaskSpec, eligible: np.ndarray
-) -> tuple[np.ndarray, None]:
-    """Masks with at least one labelled pixel: the others cannot be changed by a permutation."""
-    assert isinstance(task.classes, int)
-    keep = []
-    for row in track(eligible, f"Checking {task.name}", total=len(eligible)):
-        mask = _read_label_file(manifest, task, row)
-        labelled = _labelled(task, mask)
-        outside = labelled & ((mask < 0) | (mask >= task.classes))
-        if outside.any():
-            why = f"mask value {int(mask[outside][0])} is outside the classes 0..{task.classes - 1}"
-            raise _row_error(manifest, row, task, why)
-        if labelled.any():
-            keep.append(row)
-    return np.array(keep, dtype=np.int64), None
-
-
-def _corrupt_segmentation(
-    output: _Output, task: TaskSpec, _: None, rows: np.ndarray, rng: np.random.Generator
-) -> None:
-    assert isinstance(task.classes, int)
-    perm = _derangement(task.classes, rng)
-    for row in track(rows, f"Corrupting {task.name}", total=len(rows)):
-        mask = _read_label_file(output.manifest, task, row)  # (H, W)
-        labelled = _labelled(task, mask)
-        new = np.where(labelled, perm[np.where(labelled, mask, 0)], mask)
-        assert (new != mask).any()
-        dtype = np.uint8 if new.max() <= 255 else np.uint16  # uint16 gives a 16-bit PNG
-        output.write_file(
-            task, row, ".png", lambda path, new=new, dtype=dtype: _save_png(new, dtype, path)
-        )
-
-
-def _save_png(array: np.ndarray, dtype: Any, path: Path) -> None:
-    Image.fromarray(np.ascontiguousarray(array.astype(dtype))).save(path, format="PNG")
-
-
-def _plan_range(
-    manifest: Manifest, task: TaskSpec, eligible: np.ndarray
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """The noise range of each target column: its [min, max] over the training rows."""
-    values = manifest.frame[list(task.columns)].to_numpy(dtype=np.float64)[eligible]  # (N, D)
-    low, high = values.min(axis=0), values.max(axis=0)
-    for column, lo, hi in zip(task.columns, low, high, strict=True):
-        if lo == hi:
-            raise CardError(
-                f"{manifest.card.table_path}: column {column!r} (task {task.name!r}) has the same "
-                f"value {lo:g} on every training row; its range [min, max] gives no noise to "
-                "corrupt it with"
-            )
-    return eligible, (low, high)
-
-
-def _corrupt_regression(
-    output: _Output,
-    task: TaskSpec,
-    value_range: tuple[np.ndarray, np.ndarray],
-    rows: np.ndarray,
-    rng: np.random.Generator,
-) -> None:
-    columns = list(task.columns)
-    old = output.frame[columns].to_numpy(dtype=np.float64)[rows]  # (k, D)
-    new = output.noise(old, value_range[0], value_range[1], rng)
-    assert (new != old).any(axis=1).all()
-    for j, column in enumerate(columns):
-        values = output.frame[column].to_numpy(dtype=np.float64, copy=True)
-        values[rows] = new[:, j]
-        output.frame[column] = values
-
-
-def _plan_depth_max(
-    manifest: Manifest, task: TaskSpec, eligible: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """The noise range [0, max]: max over every pixel of the training maps."""
-    high = -math.inf
-    for row in track(eligible, f"Checking {task.name}", total=len(eligible)):
-        array = _read_label_file(manifest, task, row)
-        if not np.isfinite(array).all():
-            raise _row_error(manifest, row, task, "the map contains NaN or infinite values")
-        high = max(high, float(array.max()))
-    if high <= 0:
-        raise CardError(
-            f"{manifest.card.table_path}: column {task.column!r} (task {task.name!r}): the largest "
-            f"value of the training maps is {high:g}; the noise range [0, max] needs max > 0"
-        )
-    return eligible, high
-
-
-def _corrupt_dense_regression(
-    output: _Output, task: TaskSpec, high: float, rows: np.ndarray, rng: np.random.Generator
-) -> None:
-    # A 16-bit PNG map is read divided by the task's scale; the new .npy holds those values and
-    # read_depth never scales a .npy, so the card keeps its scale for the rows left as PNG.
-    for row in track(rows, f"Corrupting {task.name}", total=len(rows)):
-        old = _read_label_file(output.manifest, task, row)  # (H, W) float32
-        new = output.noise(old.astype(np.float64), 0.0, high, rng).astype(np.float32)
-        assert (new != old).any()
-        output.write_file(task, row, ".npy", lambda path, new=new: _save_npy(new, path))
-
-
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    with path.open("wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-
-
-_CORRUPTIONS: dict[str, _Corruption] = {
-    "classification": _Corruption(_plan_all, _corrupt_classification),
-    "segmentation": _Corruption(_plan_masks, _corrupt_segmentation),
-    "regression": _Corruption(_plan_range, _corrupt_regression),
-    "dense-regression": _Corruption(_plan_depth_max, _corrupt_dense_regression),
-}
-
-
-# --- writing --------------------------------------------------------------------------------
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
@@ -513,21 +480,31 @@ def _write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _write_truth(path: Path, manifest: Manifest, eligible: np.ndarray, plans: list[_Plan]) -> None:
-    """One row per (training instance, corrupted task), True exactly where the label changed."""
+    """One row per (training instance, corrupted task), True exactly where the label changed,
+    with the mode, magnitude and what changed on the changed ones."""
     ids = np.asarray(manifest.ids, dtype=object)[eligible]
-    id_column, task_column, corrupted_column = [], [], []
+    columns: dict[str, list[Any]] = {name: [] for name in WRITTEN_TRUTH_SCHEMA.names}
     for plan in plans:
-        id_column.extend(ids)
-        task_column.extend([plan.task.name] * len(ids))
-        corrupted_column.extend(np.isin(eligible, plan.chosen).tolist())
-    table = pa.table([id_column, task_column, corrupted_column], schema=TRUTH_SCHEMA)
-    pq.write_table(table, path)
+        changed = np.isin(eligible, plan.chosen)
+        detail = np.full(len(eligible), None, dtype=object)
+        detail[np.searchsorted(eligible, plan.chosen)] = [d or None for d in plan.details]
+        size = math.nan if plan.setting.magnitude is None else plan.setting.magnitude
+        columns["id"].extend(ids)
+        columns["task"].extend([plan.task.name] * len(ids))
+        columns["corrupted"].extend(changed.tolist())
+        columns["mode"].extend(plan.setting.mode if c else None for c in changed)
+        columns["magnitude"].extend(np.where(changed, size, math.nan).tolist())
+        columns["detail"].extend(detail.tolist())
+    pq.write_table(pa.table(columns, schema=WRITTEN_TRUTH_SCHEMA), path)
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
-    """Read and check a corruption file: columns ``id`` (str), ``task`` (str), ``corrupted`` (bool).
+    """Read and check a corruption file: columns ``id`` (str), ``task`` (str), ``corrupted`` (bool),
+    ``mode`` (str), ``magnitude`` (float) and ``detail`` (str).
 
-    ``path`` may also be the folder :func:`corrupt` wrote (its ``corruption.parquet`` is read).
+    ``path`` may also be the folder :func:`corrupt` wrote (its ``corruption.parquet`` is read). A
+    file written before the modes existed has no ``mode``, ``magnitude`` or ``detail``: they read
+    as empty (None, NaN, None).
 
     Example:
         >>> truth = read_truth("/tmp/shapes-noisy/corruption.parquet")  # doctest: +SKIP
@@ -548,25 +525,41 @@ def read_truth(path: str | Path) -> pd.DataFrame:
             f"{path}: missing column {missing[0]!r}; a corruption file has the columns id, task, "
             f"corrupted (found: {', '.join(table.column_names)})"
         )
-    checks = {
-        "id": pa.types.is_string,
-        "task": pa.types.is_string,
-        "corrupted": pa.types.is_boolean,
+    text = ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))
+    checks = {  # column -> (what it must be, the check of its Arrow type)
+        "id": text,
+        "task": text,
+        "corrupted": ("boolean", pa.types.is_boolean),
+        "mode": text,
+        "magnitude": ("a number", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+        "detail": text,
     }
-    for name, check in checks.items():
+    for name, (want, check) in checks.items():
+        if name not in table.column_names:
+            continue
         column = table.column(name)
         if not (
-            check(column.type) or (name != "corrupted" and pa.types.is_large_string(column.type))
+            check(column.type) or pa.types.is_null(column.type) and name not in TRUTH_SCHEMA.names
         ):
-            want = "boolean" if name == "corrupted" else "string"
             raise TruthError(f"{path}: column {name!r} must be {want}, found {column.type}")
-        if column.null_count:
+        if column.null_count and name in TRUTH_SCHEMA.names:
             raise TruthError(f"{path}: column {name!r} has {column.null_count} empty value(s)")
+    n = table.num_rows
+    optional = {
+        "mode": lambda c: pd.Series(c.to_pylist(), dtype=object),  # None where empty
+        "magnitude": lambda c: c.to_pandas().astype(np.float64),
+        "detail": lambda c: pd.Series(c.to_pylist(), dtype=object),
+    }
+    empty = {"mode": [None] * n, "magnitude": np.full(n, math.nan), "detail": [None] * n}
     frame = pd.DataFrame(
         {
             "id": table.column("id").to_pandas().astype(str),
             "task": table.column("task").to_pandas().astype(str),
             "corrupted": table.column("corrupted").to_pandas().astype(bool),
+            **{
+                name: read(table.column(name)) if name in table.column_names else empty[name]
+                for name, read in optional.items()
+            },
         }
     )
     duplicated = frame[frame.duplicated(["id", "task"])]
@@ -574,57 +567,3 @@ def read_truth(path: str | Path) -> pd.DataFrame:
         row = duplicated.iloc[0]
         raise TruthError(f"{path}: id {row.id!r} appears more than once for task {row.task!r}")
     return frame
-
-
-# --- a small TOML writer (tomllib only reads) ----------------------------------------------
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def toml_dumps(data: dict[str, Any]) -> str:
-    """Write a shallow TOML document: scalars, lists and nested tables (as a dataset card uses).
-
-    ``tomllib.loads(toml_dumps(d)) == d`` for such documents.
-    """
-    lines: list[str] = []
-    _toml_table(data, (), lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_table(table: dict[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-    if path and (scalars or not tables):
-        lines += ["", f"[{'.'.join(_toml_key(k) for k in path)}]"]
-    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items()]
-    for key, value in tables.items():
-        _toml_table(value, (*path, key), lines)
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} values to TOML: {value!r}")

@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import TruthError
-from ilt_audit.ranking import DEFAULT_BY, scores
-from ilt_audit.rundir import RunLike
+from ilt_audit.ranking import DEFAULT_BY, SCORES, scores
+from ilt_audit.rundir import RunLike, open_run
 
 COLUMNS = [
     "task",
@@ -118,7 +118,11 @@ def evaluate(run: RunLike, truth: str | Path, *, by: str = DEFAULT_BY) -> pd.Dat
         >>> truth = "/tmp/penguins-noisy/corruption.parquet"
         >>> evaluate("runs/penguins", truth, by="final")  # doctest: +SKIP
     """
-    return detection_table(scores(run, by=by), read_truth(truth), source=truth)
+    table, expected = scores(run, by=by), read_truth(truth)
+    if SCORES[by].column == "margin":  # aum: only classification tasks have a margin
+        unscored = set(open_run(run).task_names) - set(table.task.unique())
+        expected = expected[~expected.task.isin(unscored)]
+    return detection_table(table, expected, source=truth)
 
 
 def detection_table(

@@ -44,6 +44,7 @@ import pandas as pd
 from ilt_audit.errors import OptionError
 from ilt_audit.ranking import (
     DEFAULT_BY,
+    SCORES,
     Scores,
     check_by,
     labels_of,
@@ -114,7 +115,7 @@ def resolve_score(run: RunLike, by: str | None = None) -> str:
     if by is None:
         return DEFAULT_BY if weighting == "ilt" else "loss"
     check_by(by)
-    if weighting != "ilt" and by != "loss":
+    if weighting != "ilt" and SCORES[by].column == "log_sigma2":
         raise OptionError(
             f"--by {by}: the run was trained with --weighting {weighting}, which has no "
             "per-instance log σ²; use --by loss"
@@ -386,7 +387,11 @@ def _suspect_lines(t: TaskGate, top: int) -> str:
 
 def rule_text(score: str) -> str:
     """One sentence that says when an instance is suspect under a score."""
-    value = "log(loss)" if score in LOG_SCORES else "log σ²"
+    value = {"loss": "log(loss)", "margin": "minus the mean margin"}.get(
+        SCORES[score].column if score in SCORES else "", "log σ²"
+    )
+    if score in LOG_SCORES:
+        value = "log(loss)"
     return (
         f"Suspect: {value} above the task's median m by more than {SIGMAS:g} × s, with s = "
         f"(upper quartile − m) / {UPPER_QUARTILE_Z}, and by at least {MIN_GAP:g} "

@@ -1,8 +1,8 @@
 """Scores and rankings: which instances' labels look wrong, per task.
 
 A score aggregates an instance's ``log σ²`` trajectory (or, for the small-loss baseline, its loss
-trajectory) into one number; higher means more likely a wrong label. The aggregates are looked up
-by name in :data:`SCORES`.
+trajectory, and for the AUM baseline its margin trajectory) into one number; higher means more
+likely a wrong label. The aggregates are looked up by name in :data:`SCORES`.
 
 Example:
     >>> rank("runs/shapes", task="shape", top="10%")  # doctest: +SKIP
@@ -43,7 +43,7 @@ def _every(epochs: list[int]) -> list[int]:
 class Score:
     """A score: the mean of one trajectory column over some of the run's epochs."""
 
-    column: str  # "log_sigma2" or "loss"
+    column: str  # "log_sigma2", "loss" or "margin" (scored as its negative: low is suspect)
     epochs: Callable[[list[int]], list[int]]  # the run's epochs (ascending) -> the epochs it reads
 
 
@@ -54,6 +54,9 @@ SCORES: dict[str, Score] = {
         "log_sigma2", _every
     ),  # mean log σ² over all epochs: the area under the trajectory
     "loss": Score("loss", _last),  # the last epoch's unweighted loss: the small-loss baseline
+    # minus the area under the margin (Pleiss et al. 2020): the mean over all epochs of the
+    # assigned class's logit minus the largest other; classification tasks only
+    "aum": Score("margin", _every),
 }
 DEFAULT_BY = "final"
 
@@ -72,9 +75,10 @@ class Scores:
     values: np.ndarray  # (R,) the score of each key
 
     def by_task(self) -> dict[str, np.ndarray]:
-        """Each task's rows (indices into ``keys``), in key order."""
+        """Each task's rows (indices into ``keys``), in key order; tasks without rows left out."""
         names, codes = task_codes(self.keys)
-        return {name: np.flatnonzero(codes == i) for i, name in enumerate(names)}
+        rows = {name: np.flatnonzero(codes == i) for i, name in enumerate(names)}
+        return {name: r for name, r in rows.items() if len(r)}
 
     def highest(self, rows: np.ndarray, keep: int) -> np.ndarray:
         """The ``keep`` rows of ``rows`` with the highest scores, highest first, ties by id.
@@ -125,7 +129,10 @@ class Scores:
 
 
 def read_scores(run: RunLike, *, by: str = DEFAULT_BY) -> Scores:
-    """The scores of a run, reading only the epochs and the column the score needs."""
+    """The scores of a run, reading only the epochs and the column the score needs.
+
+    A score by margin (``aum``) keeps the classification tasks only: the others have no margin.
+    """
     check_by(by)
     score = SCORES[by]
     run = open_run(run)
@@ -137,10 +144,18 @@ def read_scores(run: RunLike, *, by: str = DEFAULT_BY) -> Scores:
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.nansum(matrix.values, axis=0, dtype=np.float64) / present.sum(axis=0)
     if np.isnan(values).all():
+        if score.column == "margin":
+            raise OptionError(
+                f"--by {by}: {run.path} has no classification margins (no classification task, "
+                "or a run trained before margins were recorded); use another --by"
+            )
         raise OptionError(
             f"{run.path} was trained with --weighting {run.weighting}, which has no per-instance "
             "log σ²; rank it with --by loss"
         )
+    if score.column == "margin":  # only classification tasks have one: the others are left out
+        kept = np.flatnonzero(~np.isnan(values))
+        return Scores(matrix.keys.take(pa.array(kept)), -values[kept])
     return Scores(matrix.keys, values)
 
 
@@ -226,7 +241,8 @@ def rank(
     """Per task, the instances with the highest score, highest first.
 
     Columns: ``rank, id, task, score, label``. ``top`` is a count (``500``) or a share of the
-    task's instances (``"40%"``); None keeps every instance.
+    task's instances (``"40%"``); None keeps every instance. A score by margin (``by="aum"``)
+    lists the classification tasks only.
 
     Example:
         >>> rank("runs/shapes", top="5%").head(3)  # doctest: +SKIP
@@ -235,6 +251,11 @@ def rank(
     cut = parse_top(top)
     scored = read_scores(run, by=by)
     rows = scored.by_task()
+    if task is not None and task not in rows and task in run.task_names:
+        raise OptionError(
+            f"--task {task!r} has no classification margin, so no --by {by} score; "
+            f"the tasks with one are: {', '.join(rows)}"
+        )
     parts = []
     for name in task_order(run, rows, task):
         n = len(rows[name])

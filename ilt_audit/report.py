@@ -43,10 +43,10 @@ from ilt_audit.card import TaskSpec
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import CardError, OptionError, RunDirError
 from ilt_audit.evaluation import detection_table
-from ilt_audit.gate import LOG_SCORES, SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
+from ilt_audit.gate import SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
 from ilt_audit.internal.files import write_text_atomic
 from ilt_audit.manifest import Manifest
-from ilt_audit.ranking import Scores
+from ilt_audit.ranking import SCORES, Scores
 from ilt_audit.rundir import CHECKPOINT, Run, RunLike, open_run
 from ilt_audit.trajectories import TrajectoryMatrix, read_matrix
 
@@ -113,7 +113,7 @@ def render_report(
 def _read(run: Run, truth: str | Path | None, top: int, by: str | None) -> _Page:
     config = run.config
     score = resolve_score(run, by)
-    value = "loss" if score in LOG_SCORES else "log_sigma2"
+    value = SCORES[score].column  # the trajectory plotted: log_sigma2, loss or margin
     manifest = run.manifest("for thumbnails")
     found = find_suspects(run, by=score, top=top)
     page = _Page(
@@ -450,7 +450,9 @@ _CELLS: dict[str, Callable[[_Page, TaskSpec, pd.Series], tuple[str, str]]] = {
 
 
 def _value_label(page: _Page) -> str:
-    return "loss (log scale)" if page.value == "loss" else "log σ²"
+    return {"loss": "loss (log scale)", "margin": "margin (assigned − largest other logit)"}.get(
+        page.value, "log σ²"
+    )
 
 
 def _box_figure(page: _Page, task: str) -> str:

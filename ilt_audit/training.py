@@ -51,7 +51,7 @@ from ilt_audit.inputs import check_card, check_files, record_files, write_files
 from ilt_audit.internal.console import progress
 from ilt_audit.internal.files import write_atomic
 from ilt_audit.internal.lock import LOCK_FILE, run_lock
-from ilt_audit.losses import instance_losses, likelihood_scale
+from ilt_audit.losses import instance_losses, likelihood_scale, margin, margin_columns
 from ilt_audit.manifest import load_manifest
 from ilt_audit.metrics import task_metrics
 from ilt_audit.model import ModelConfig, build_model
@@ -61,6 +61,7 @@ from ilt_audit.weighting import (
     WEIGHTINGS,
     DWAWeighting,
     ILTWeighting,
+    MAOWeighting,
     Weighting,
     check_weighting,
 )
@@ -109,6 +110,11 @@ class TrainConfig:
             )
         if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers must be 0 or more, got {self.workers}")
+        if self.weighting == "mao" and self.precision == "fp16":
+            raise OptionError(
+                "--weighting mao does not support --precision fp16 (its per-task gradients "
+                "would need loss scaling); use bf16 or fp32"
+            )
         resolve_precision(self.precision, resolve_device(self.device))
         return self
 
@@ -230,6 +236,7 @@ class _Run:
         self.device = device
         self.place = place = place or Place()
         self.tasks = data.card.tasks
+        self.margin_columns = margin_columns(self.tasks)  # the classification tasks
         self.autocast = resolve_precision(config.precision, device)
         set_seed(config.seed)
         self.model = build_network(data, config).to(device)
@@ -249,6 +256,9 @@ class _Run:
             weighting = ILTWeighting(scale, self.params)
         elif config.weighting == "dwa":
             weighting = DWAWeighting(scale, config.dwa_temperature)
+        elif config.weighting == "mao":
+            trained = [p for p in self.model.parameters() if p.requires_grad]
+            weighting = MAOWeighting(scale, sum(p.numel() for p in trained))
         else:
             weighting = WEIGHTINGS[config.weighting](scale)
         self.weighting = weighting.to(device)
@@ -260,11 +270,13 @@ class _Run:
             weight_decay=config.weight_decay,
             fused=device.type in ("cpu", "cuda"),
         )
-        self.clipped = [p for p in self.model.parameters() if p.requires_grad]
+        self.clipped: list[torch.Tensor] = [p for p in self.model.parameters() if p.requires_grad]
         # under torchrun the network trains through DDP (its gradients are averaged over the
-        # ranks); a weighting's own parameters (uncertainty's log σ² per task) are averaged by hand
+        # ranks); a weighting's own parameters (uncertainty's log σ² per task) are averaged by hand,
+        # and so are the per-task gradients of a weighting that writes the gradients itself (mao):
+        # torch.autograd.grad bypasses DDP's all-reduce
         self.trainer: nn.Module = self.model
-        if place.active:
+        if place.active and not self.weighting.own_gradients:
             ids = [device.index] if device.type == "cuda" else None
             self.trainer = DistributedDataParallel(self.model, device_ids=ids)
         self.shared = [p for p in self.weighting.parameters() if p.requires_grad]
@@ -299,12 +311,16 @@ class _Run:
             outputs = module(x)
         return {name: out.float() for name, out in outputs.items()}
 
+    def average(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over the ranks, in place."""
+        return distributed.sum_(tensor, self.place).div_(self.place.world)
+
     def average_shared_gradients(self) -> None:
         """Average the weighting's own gradients over the ranks (DDP averages the network's)."""
         if self.place.active:
             for p in self.shared:
                 if p.grad is not None:
-                    distributed.sum_(p.grad, self.place).div_(self.place.world)
+                    self.average(p.grad)
 
     def state_dict(self, epoch: int, config_json: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -498,9 +514,11 @@ def _train(
         train_ids = pa.array(data.ids, pa.string()).take(pa.array(data.train_index))
         writer = TrajectoryWriter(out, train_ids, [t.name for t in run.tasks])
     for epoch in range(start_epoch, config.epochs + 1):
-        row, last_loss = _train_epoch(run, epoch, config.epochs)
+        row, last_loss, last_margin = _train_epoch(run, epoch, config.epochs)
         if writer is not None:
-            _write_epoch(out, run, writer, epoch, row, last_loss, metrics, config_json)
+            _write_epoch(
+                out, run, writer, epoch, row, (last_loss, last_margin), metrics, config_json
+            )
             if on_epoch is not None:
                 on_epoch(row)
     return TrainResult(out, config.epochs, metrics)
@@ -519,12 +537,17 @@ def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> None:
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
 
 
-def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], torch.Tensor]:
-    """One pass over the training rows; returns the metrics row and each instance's last loss."""
+def _train_epoch(
+    run: _Run, epoch: int, epochs: int
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """One pass over the training rows; returns the metrics row, each instance's last loss (N, K)
+    and its last margin on the classification tasks (N, C), both from the training forward pass."""
     data, tasks = run.data, run.tasks
     n, k = len(data.train_index), len(tasks)
+    columns = run.margin_columns
     run.model.train()
     last_loss = torch.zeros(n, k)  # (N, K): each instance's unweighted loss this epoch
+    margins = _Margins(n, [tasks[c].name for c in columns])
     trained = torch.zeros(n, dtype=torch.bool)  # (N,): the rows this epoch trained
     loss_sum = torch.zeros(k, device=run.device)  # (K,) running sum, for the progress bar
     seen = 0
@@ -539,7 +562,8 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
             _raise_file_error(batch, kept)
             positions = batch["index"]  # (B,) rows of the ILT table
             x, targets = to_device(batch, tasks, run.device)
-            l = instance_losses(tasks, run.forward(x, run.trainer), targets)  # (B, K)
+            outputs = run.forward(x, run.trainer)
+            l = instance_losses(tasks, outputs, targets)  # (B, K)
             loss = run.weighting(l, positions)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -547,7 +571,11 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                     "Try a lower --lr or --ilt-lr."
                 )
             run.optimizer.zero_grad(set_to_none=True)
-            if run.scaler is None:
+            if run.weighting.own_gradients:  # mao: one gradient per task, combined by the weighting
+                run.weighting.backward(l, run.clipped, run.average if run.place.active else None)
+                clip_grad_norm(run.clipped, run.config.grad_clip)
+                run.optimizer.step()
+            elif run.scaler is None:
                 loss.backward()
                 run.average_shared_gradients()
                 clip_grad_norm(run.clipped, run.config.grad_clip)
@@ -561,6 +589,8 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                 run.scaler.update()
             l = l.detach()
             last_loss[positions] = l.cpu()
+            if columns:
+                margins.add(positions, outputs, targets)
             trained[positions] = True
             loss_sum += l.sum(dim=0)
             seen += len(positions)
@@ -573,8 +603,13 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
                     completed=step,
                     info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
                 )
+    last_margin = margins.values()  # (N, C): each instance's margin on each classification task
     if run.place.active:  # each rank trained its share of the rows: every rank gets them all
-        distributed.sum_(last_loss, run.place)
+        if columns:  # the margins travel with the losses: one all-reduce
+            both = distributed.sum_(torch.cat([last_loss, last_margin], dim=1), run.place)
+            last_loss, last_margin = both[:, :k].contiguous(), both[:, k:].contiguous()
+        else:
+            distributed.sum_(last_loss, run.place)
         trained = distributed.sum_(trained.to(torch.int32), run.place) > 0
     run.weighting.end_epoch(last_loss, trained)  # ILT's sparse update, once per row
     seconds = time.perf_counter() - started  # the update included: it is part of ILT's cost
@@ -587,7 +622,49 @@ def _train_epoch(run: _Run, epoch: int, epochs: int) -> tuple[dict[str, Any], to
     }
     if run.val_loader is not None and run.place.main:
         row["val"] = task_metrics(run, run.val_loader)
-    return row, last_loss
+    return row, last_loss, last_margin
+
+
+class _Margins:
+    """Each instance's classification margin (:func:`ilt_audit.losses.margin`) in an epoch.
+
+    The margins come from the training step's own outputs. A batch only keeps references to its
+    logits and labels; every ``every`` batches they are concatenated and their margins computed
+    at once, so that a batch does not pay a margin's handful of small operations (a few per cent
+    of a small network's step).
+    """
+
+    def __init__(self, n: int, tasks: list[str], every: int = 32) -> None:
+        self.tasks = tasks  # the classification tasks, in the card's order
+        self.every = every
+        self._values = torch.zeros(n, len(tasks))  # (N, C)
+        self._pending: list[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def add(
+        self,
+        positions: torch.Tensor,
+        outputs: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor],
+    ) -> None:
+        logits = [outputs[name].detach() for name in self.tasks]  # (B, classes) each
+        self._pending.append((positions, logits, [targets[name] for name in self.tasks]))
+        if len(self._pending) >= self.every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        positions = torch.cat([p for p, _, _ in self._pending])  # (R,)
+        for j in range(len(self.tasks)):
+            logits = torch.cat([o[j] for _, o, _ in self._pending]).float()  # (R, classes)
+            target = torch.cat([t[j] for _, _, t in self._pending])  # (R,)
+            self._values[positions, j] = margin(logits, target).cpu()
+        self._pending.clear()
+
+    def values(self) -> torch.Tensor:
+        """The margins of the epoch, (N, C); 0 for rows the epoch did not train."""
+        self._flush()
+        return self._values
 
 
 def _write_epoch(
@@ -596,10 +673,15 @@ def _write_epoch(
     writer: TrajectoryWriter,
     epoch: int,
     row: dict[str, Any],
-    last_loss: torch.Tensor,
+    last: tuple[torch.Tensor, torch.Tensor],
     metrics: list[dict[str, Any]],
     config_json: dict[str, Any],
 ) -> None:
+    """Write a finished epoch: its trajectory file, its metrics line, then the checkpoint.
+
+    ``last`` is each instance's last loss (N, K) and its margin on the classification tasks
+    (N, C); the other tasks have no margin and get NaN."""
+    last_loss, last_margin = last
     if run.params is not None:
         log_sigma2 = run.params.log_sigma2.cpu().numpy()
     else:
@@ -607,7 +689,9 @@ def _write_epoch(
         log_sigma2 = np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
         if isinstance(shared, torch.Tensor):
             log_sigma2[:] = shared.detach().cpu().numpy()
-    writer.write(epoch, log_sigma2, last_loss.numpy())
+    margin = np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
+    margin[:, run.margin_columns] = last_margin.numpy()
+    writer.write(epoch, log_sigma2, last_loss.numpy(), margin=margin)
     metrics.append(row)
     write_metrics(out, metrics)
     state = run.state_dict(epoch, config_json)

@@ -1,8 +1,11 @@
 """The trajectory files of a run: one Parquet file per epoch, written atomically.
 
 Schema (SPEC 5): ``epoch`` int32, ``id`` string, ``task`` string, ``log_sigma2`` float32,
-``loss`` float32: one row per trained instance per task. ``loss`` is the instance's unweighted
-task loss ``l_ik`` when it was last seen in a batch of that epoch.
+``loss`` float32, ``margin`` float32: one row per trained instance per task. ``loss`` is the
+instance's unweighted task loss ``l_ik`` when it was last seen in a batch of that epoch, ``margin``
+its classification margin in that same forward pass (the assigned class's logit minus the largest
+other logit; NaN for tasks that are not classification). Files written before ``margin`` existed
+read as if the column held NaN.
 
 Example:
     >>> read_trajectories("runs/shapes").groupby("task").log_sigma2.max()  # doctest: +SKIP
@@ -33,11 +36,13 @@ SCHEMA = pa.schema(
         ("task", pa.string()),
         ("log_sigma2", pa.float32()),
         ("loss", pa.float32()),
+        ("margin", pa.float32()),
     ]
 )
+OPTIONAL_COLUMNS = ("margin",)  # absent from older files: read as NaN
 KEYS_METADATA = b"ilt_audit.row_order"  # fingerprint of the (id, task) row order
 _FILE = re.compile(r"^epoch-(\d{4,})(?:-rank(\d+))?\.parquet$")
-VALUE_COLUMNS = ("log_sigma2", "loss")
+VALUE_COLUMNS = ("log_sigma2", "loss", "margin")
 _ROW = "__row"  # a column of row numbers, carried through joins
 
 
@@ -53,7 +58,7 @@ def epoch_file(run_dir: Path, epoch: int, rank: int | None = None) -> Path:
 class TrajectoryWriter:
     """Writes a run's epochs: the ``id`` and ``task`` columns are built once, as Arrow arrays.
 
-    Each epoch then costs two float columns and one Parquet write, whatever N is. Rows are
+    Each epoch then costs three float columns and one Parquet write, whatever N is. Rows are
     instance-major, in the order of ``ids`` (row ``i·K + k`` is instance ``i``, task ``k``); the
     file's metadata carries a fingerprint of that order so that readers can line epochs up without
     joining on the ids.
@@ -77,12 +82,15 @@ class TrajectoryWriter:
         log_sigma2: np.ndarray,
         loss: np.ndarray,
         rank: int | None = None,
+        *,
+        margin: np.ndarray | None = None,
     ) -> Path:
-        """Write one epoch's (N, K) ``log σ²`` and losses, atomically."""
-        if log_sigma2.shape != self.shape or loss.shape != self.shape:
-            raise ValueError(
-                f"expected ({self.shape}) arrays, got {log_sigma2.shape}, {loss.shape}"
-            )
+        """Write one epoch's (N, K) ``log σ²``, losses and margins (None: NaN), atomically."""
+        if margin is None:
+            margin = np.full(self.shape, np.nan, dtype=np.float32)
+        shapes = [a.shape for a in (log_sigma2, loss, margin)]
+        if any(shape != self.shape for shape in shapes):
+            raise ValueError(f"expected ({self.shape}) arrays, got {', '.join(map(str, shapes))}")
         rows = self.shape[0] * self.shape[1]
         table = pa.Table.from_arrays(
             [
@@ -91,6 +99,7 @@ class TrajectoryWriter:
                 self.tasks,
                 pa.array(np.ascontiguousarray(log_sigma2, dtype=np.float32).reshape(-1)),
                 pa.array(np.ascontiguousarray(loss, dtype=np.float32).reshape(-1)),
+                pa.array(np.ascontiguousarray(margin, dtype=np.float32).reshape(-1)),
             ],
             schema=SCHEMA.with_metadata(self.metadata),
         )
@@ -117,9 +126,11 @@ def write_epoch(
     log_sigma2: np.ndarray,
     loss: np.ndarray,
     rank: int | None = None,
+    *,
+    margin: np.ndarray | None = None,
 ) -> Path:
-    """Write one epoch's (N, K) ``log σ²`` and losses as a tidy table, atomically."""
-    return TrajectoryWriter(run_dir, ids, tasks).write(epoch, log_sigma2, loss, rank)
+    """Write one epoch's (N, K) ``log σ²``, losses and margins as a tidy table, atomically."""
+    return TrajectoryWriter(run_dir, ids, tasks).write(epoch, log_sigma2, loss, rank, margin=margin)
 
 
 def epoch_files(run_dir: Path) -> dict[int, list[Path]]:
@@ -159,10 +170,20 @@ def _chosen(run_dir: Path, epochs: Iterable[int] | None) -> dict[int, list[Path]
 
 
 def _read_file(path: Path, columns: list[str]) -> pa.Table:
-    """Some columns of one trajectory file; ``task`` comes back dictionary-encoded (it is stored so)."""
+    """Some columns of one trajectory file; ``task`` comes back dictionary-encoded (it is stored so).
+
+    A column of :data:`OPTIONAL_COLUMNS` that the file lacks (written before it existed) comes
+    back as NaN.
+    """
     with _reading(path):
-        table = pq.ParquetFile(path, read_dictionary=["task"]).read(columns=columns)
-    return table.cast(_schema(columns, dictionary=True))
+        file = pq.ParquetFile(path, read_dictionary=["task"])
+        stored = set(file.schema_arrow.names)
+        missing = [c for c in columns if c not in stored and c in OPTIONAL_COLUMNS]
+        table = file.read(columns=[c for c in columns if c not in missing])
+        rows = file.metadata.num_rows
+    for name in missing:
+        table = table.append_column(name, pa.array(np.full(rows, np.nan, dtype=np.float32)))
+    return table.select(columns).cast(_schema(columns, dictionary=True))
 
 
 @contextmanager
@@ -300,7 +321,8 @@ def read_matrix(
     tasks: Collection[str] | None = None,
     ids: Collection[str] | pa.Array | None = None,
 ) -> TrajectoryMatrix:
-    """One value column (``log_sigma2`` or ``loss``) of some epochs as an (E, R) float32 matrix.
+    """One value column (``log_sigma2``, ``loss`` or ``margin``) of some epochs as an (E, R)
+    float32 matrix.
 
     When every chosen epoch's files carry the same row-order fingerprint (runs written by
     :class:`TrajectoryWriter`), the keys are read once and each epoch costs one float column.

@@ -1,11 +1,18 @@
 """How per-instance task losses ``l`` (B, K) become one training loss: ILT and the baselines.
 
 A weighting is looked up by name in :data:`WEIGHTINGS`. ``ilt`` (the default) is the paper's
-method; ``equal``, ``uncertainty`` (Kendall et al.), ``dwa`` (Liu et al.) and ``gls`` (geometric
-loss strategy) are the baselines it is compared with.
+method; ``equal``, ``uncertainty`` (Kendall et al.), ``dwa`` (Liu et al.), ``gls`` (geometric
+loss strategy) and ``mao`` (multi-adaptive optimization, Hervella et al.) are the baselines it is
+compared with.
+
+Most weightings turn ``l`` into one scalar and the loop calls ``backward`` on it. A weighting whose
+``own_gradients`` is True (``mao``) writes the network's gradients itself instead
+(:meth:`Weighting.backward`), from one gradient per task.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +33,7 @@ class Weighting(nn.Module):
     """Base class. ``forward`` turns (B, K) per-instance losses into the scalar to minimise."""
 
     name = "base"
+    own_gradients = False  # True: backward() writes the gradients, the loop does not
 
     def __init__(self, scale: torch.Tensor) -> None:
         super().__init__()
@@ -37,6 +45,18 @@ class Weighting(nn.Module):
     def end_epoch(self, losses: torch.Tensor, seen: torch.Tensor) -> None:
         """Called after each epoch with every instance's unweighted loss of that epoch (N, K)
         and which instances the epoch trained, (N,) bool (ILT updates its parameters here)."""
+
+    def backward(
+        self,
+        l: torch.Tensor,
+        parameters: Sequence[torch.Tensor],
+        average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """Write ``parameters``' gradients from the (B, K) losses; only where ``own_gradients``.
+
+        ``average`` averages a tensor over the ranks in place (under torchrun; None alone).
+        """
+        raise NotImplementedError
 
 
 class EqualWeighting(Weighting):
@@ -158,9 +178,96 @@ class GLSWeighting(Weighting):
         return torch.exp(torch.log(task_means).mean())
 
 
-WEIGHTINGS = {
+class MAOWeighting(Weighting):
+    """Multi-adaptive optimization: each task's gradient scaled per parameter by its own running
+    second moment, then the tasks summed.
+
+    Á. S. Hervella, J. Rouco, J. Novo, M. Ortega, "Multi-Adaptive Optimization for multi-task
+    learning with deep neural networks", Neural Networks 170 (2024) 254–265,
+    doi:10.1016/j.neunet.2023.11.038. The paper's equations were not available to us; this
+    follows its abstract ("dynamically adjusts the contribution of each task to the training of
+    each individual parameter") with Adam's second-moment estimate kept per task (Kingma & Ba,
+    ICLR 2015, Algorithm 1: ``v_t`` and its bias correction ``v̂_t``):
+
+        g_k = ∂L_k/∂θ,  L_k = mean over the batch of l_ik                  (one backward per task)
+        v_k ← β·v_k + (1 − β)·g_k²,  v̂_k = v_k / (1 − β^t)                 (per task, per parameter)
+        d = Σ_k g_k / (√v̂_k + ε)                                          (the network's gradient)
+
+    Every task then moves each parameter by about as much as every other task, whatever the
+    scale of its loss. ``d`` is handed to the network's optimizer (AdamW, the gradient clip)
+    like any weighting's gradient. Under torchrun each task's gradient is averaged over the ranks
+    before the moments see it (one all-reduce of the (K, P) gradients a step), so every rank holds
+    the same moments, as a single process would.
+    """
+
+    name = "mao"
+    own_gradients = True
+    beta = 0.999  # decay of the running second moment (Adam's β2)
+    eps = 1e-8
+    v: torch.Tensor
+    step: torch.Tensor
+
+    def __init__(self, scale: torch.Tensor, parameters: int) -> None:
+        super().__init__(scale)
+        self.register_buffer("v", torch.zeros(len(scale), parameters))  # (K, P) second moments
+        # t, the steps taken, for the bias correction
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def forward(self, l: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return l.sum(dim=1).mean()  # what the loop reports and checks; not differentiated
+
+    def task_gradients(self, l: torch.Tensor, parameters: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each task's gradient ``∂L_k/∂θ`` over all ``parameters`` flattened: (K, P)."""
+        k = l.shape[1]
+        rows = []
+        for task in range(k):
+            grads = torch.autograd.grad(
+                l[:, task].mean(), parameters, retain_graph=task < k - 1, allow_unused=True
+            )
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).reshape(-1)
+                        for p, g in zip(parameters, grads, strict=True)
+                    ]
+                )
+            )
+        return torch.stack(rows)  # (K, P)
+
+    @torch.no_grad()
+    def combine(self, g: torch.Tensor) -> torch.Tensor:
+        """Update the moments with the (K, P) task gradients; return the gradient ``d``, (P,)."""
+        self.step += 1
+        self.v.mul_(self.beta).addcmul_(g, g, value=1 - self.beta)
+        v_hat = self.v / (1 - self.beta ** int(self.step))
+        return (g / (v_hat.sqrt_() + self.eps)).sum(dim=0)
+
+    def backward(
+        self,
+        l: torch.Tensor,
+        parameters: Sequence[torch.Tensor],
+        average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        g = self.task_gradients(l.float(), parameters)  # (K, P)
+        if average is not None:
+            average(g)
+        combined = self.combine(g)  # (P,)
+        offset = 0
+        for p in parameters:
+            p.grad = combined[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+
+
+WEIGHTINGS: dict[str, type[Weighting]] = {
     w.name: w
-    for w in (ILTWeighting, EqualWeighting, UncertaintyWeighting, DWAWeighting, GLSWeighting)
+    for w in (
+        ILTWeighting,
+        EqualWeighting,
+        UncertaintyWeighting,
+        DWAWeighting,
+        GLSWeighting,
+        MAOWeighting,
+    )
 }
 
 

@@ -13,9 +13,10 @@ import pytest
 from helpers_data import file_hashes, make_features_card, make_image_card, whole_batch
 
 import ilt_audit.corruption as corruption
-from ilt_audit.corruption import corrupt, read_truth, toml_dumps
+from ilt_audit.corruption import corrupt, read_truth
 from ilt_audit.data import read_depth, read_mask
 from ilt_audit.errors import CardError, OptionError, TruthError
+from ilt_audit.internal.toml import toml_dumps
 from ilt_audit.manifest import load_manifest
 
 
@@ -373,8 +374,15 @@ def test_truth_file_schema(tmp_path: Path) -> None:
     card = make_features_card(tmp_path / "data", n=20)
     result = corrupt(card, tasks=["kind"], fraction=0.5, out=tmp_path / "noisy")
     schema = pq.read_schema(result.truth_path)
-    assert schema.names == ["id", "task", "corrupted"]
-    assert [str(t) for t in schema.types] == ["string", "string", "bool"]
+    assert schema.names == ["id", "task", "corrupted", "mode", "magnitude", "detail"]
+    assert [str(t) for t in schema.types] == [
+        "string",
+        "string",
+        "bool",
+        "string",
+        "double",
+        "string",
+    ]
     truth = read_truth(tmp_path / "noisy")  # the folder works too
     assert truth.corrupted.dtype == bool
     assert truth.id.tolist() == [f"r{i:03d}" for i in range(20)]

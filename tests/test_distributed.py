@@ -126,9 +126,10 @@ def test_a_bad_file_stops_both_ranks_with_exit_2_and_writes_nothing(make_image_c
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 2, done.stderr  # one per rank, the same line
     assert errors[0] == errors[1] and "row id 'i009'" in errors[0] and "'mask'" in errors[0]
-    assert done.stderr.count("exitcode  : 2") == 2 or done.stderr.count("exitcode: 2") == 2, (
-        done.stderr
-    )
+    # each rank exits 2 of its own; torchrun may stop the slower one first (SIGTERM), so its
+    # summary names exit code 2 for at least the first failure and nothing but 2 or a stop
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, done.stderr
     # torchrun prints its own traceback (ChildFailedError) for any failed worker; the workers
     # print none: no frame of ilt_audit in the output
     assert not re.search(r'File ".*ilt_audit[/\\]', done.stderr), done.stderr

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from test_untrusted_input import _invalid_utf8_strings
 
-from ilt_audit.corruption import toml_dumps
+from ilt_audit.internal.toml import toml_dumps
 
 FEATURES_CARD = """\
 table = "{table}"

@@ -36,7 +36,7 @@ def test_planted_errors_rank_on_top(planted_run, by):
 
 def test_default_score_is_a_known_score():
     assert DEFAULT_BY in SCORES
-    assert set(SCORES) == {"final", "tail", "mean", "loss"}
+    assert set(SCORES) == {"final", "tail", "mean", "loss", "aum"}
 
 
 def test_ranking_lists_every_instance_per_task_highest_score_first(planted_run):

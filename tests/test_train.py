@@ -127,6 +127,7 @@ def test_trajectory_files_have_the_exact_schema_and_n_times_k_rows(features_card
             ("task", pa.string()),
             ("log_sigma2", pa.float32()),
             ("loss", pa.float32()),
+            ("margin", pa.float32()),
         ]
     )
     ids = set(pd.read_csv(features_card.parent / "manifest.csv", dtype={"id": str}).id)

@@ -28,6 +28,7 @@ EXPECTED_SCHEMA = [
     ("task", pa.string()),
     ("log_sigma2", pa.float32()),
     ("loss", pa.float32()),
+    ("margin", pa.float32()),
 ]
 
 

@@ -368,7 +368,7 @@ def test_gls_is_the_geometric_mean_of_task_losses():
 
 
 def test_weightings_are_looked_up_by_name():
-    assert set(WEIGHTINGS) == {"ilt", "equal", "uncertainty", "dwa", "gls"}
+    assert set(WEIGHTINGS) == {"ilt", "equal", "uncertainty", "dwa", "gls", "mao"}
     assert check_weighting("dwa") == "dwa"
     with pytest.raises(OptionError, match=r"unknown weighting 'ilt2'; choose one of ilt, equal"):
         check_weighting("ilt2")
