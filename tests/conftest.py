@@ -127,8 +127,9 @@ def write_features_dataset(
 def write_image_dataset(folder: Path, *, n: int = 12, seed: int = 0, size: int = 16) -> Path:
     """Write an image card with classification, regression, segmentation and depth; return its path.
 
-    Each image is one coloured square on a dark background; the mask marks the square (class 1 or
-    2 by colour, 0 background) and the depth map is brighter inside the square.
+    Each image is one coloured square on a dark background; the mask marks the square (class 1 on
+    even rows, 2 on odd rows, 0 background: the class is not visible in the image, so tests that
+    need a learnable mask class make their own) and the depth map is brighter inside the square.
     """
     for sub in ("images", "masks", "depth"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
