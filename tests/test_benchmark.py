@@ -1,4 +1,4 @@
-"""The detection benchmark script end to end, on the penguins sample with 2-epoch runs."""
+"""The detection benchmark script end to end, on small samples with 1- or 2-epoch runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from helpers_scripts import load_script
 
+from ilt_audit.corruption import read_truth
 from ilt_audit.evaluation import evaluate
+from ilt_audit.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,105 @@ def test_benchmark_resume_reuses_finished_runs_and_keeps_notes(bench, tmp_path: 
 
     with pytest.raises(SystemExit, match="--resume"):  # earlier results are never overwritten
         bench.main(args)
+    # records written before the corruption modes carry none: they count as the paper's mode
+    records = [json.loads(line) for line in before.splitlines()]
+    assert {r["mode"] for r in records if r["section"] == "detection"} == {"permutation"}
+    old = "".join(
+        json.dumps({k: v for k, v in r.items() if k != "mode"}, sort_keys=True) + "\n"
+        for r in records
+    )
+    (workdir / "results.jsonl").write_text(old)
     assert bench.main([*args, "--resume"]) == 0
     assert (workdir / "results.jsonl").read_text() == before  # nothing trained again
     assert notes in out_md.read_text(encoding="utf-8")
+
+
+def _table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """The cells of each body row of the first ``| sample |`` table after ``heading``."""
+    lines = markdown[markdown.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| sample |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_benchmark_runs_the_modes_it_is_given_on_every_task_type(
+    bench, tmp_path: Path, make_image_card
+) -> None:
+    card = make_image_card(tmp_path / "tiny", n=20)  # classification, regression, seg, depth
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    modes = {"colour": "pairs", "geometry": "swap", "seg": "drop-object", "depth": "holes"}
+    args = [
+        "--samples", str(card), "--modes", ",".join(modes.values()), "--seeds", "1",
+        "--fractions", "0.4", "--epochs", "1", "--no-quality", "--threads", "1",
+        "--workdir", str(workdir), "--out-md", str(out_md),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert {(r["task"], r["mode"]) for r in records} == set(modes.items())
+    methods = {(r["task"], r["method"]) for r in records}
+    assert methods >= {(task, m) for task in modes for m in ("ilt", "uncertainty", "mao")}
+    # cleanlab (when installed) on the classification task only
+    assert {t for t, m in methods if m == "cleanlab"} == (
+        {"colour"} if bench._cleanlab_available() else set()
+    )
+    assert all(r["status"] == "ok" for r in records)
+    for task, mode in modes.items():
+        folder = workdir / "detection" / "tiny" / task / mode / "f0.4-s0"
+        truth = read_truth(folder / "data" / "corruption.parquet")
+        assert set(truth.loc[truth.corrupted, "mode"]) == {mode}
+        ilt = next(r for r in records if r["task"] == task and r["method"] == "ilt")
+        assert ("aum" in ilt["scores"]) == (task == "colour")  # AUM: classification only
+
+    markdown = out_md.read_text(encoding="utf-8")
+    rows = {row[1].split(" (")[0]: row for row in _table_rows(markdown, "issue 12)")}
+    assert {task: row[2] for task, row in rows.items()} == {t: f"`{m}`" for t, m in modes.items()}
+    assert rows["colour"][6] != "—" and rows["geometry"][6] == "—"  # the AUM column
+    assert "| ≥ 85% on `drop-object` at 40% | tiny | seg (segmentation) |" in markdown
+    assert "| ≥ 85% on `confusion` at 40% | tiny | colour (classification) | not measured" in (
+        markdown
+    )
+
+    with pytest.raises(SystemExit) as exit_info:  # a mode of no chosen task's type
+        bench.main([*args, "--tasks", "colour", "--modes", "holes"])
+    assert exit_info.value.code == 2
+
+
+def test_benchmark_skips_a_mode_its_task_cannot_take(bench, tmp_path: Path) -> None:
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    args = [
+        "--samples", "penguins", "--tasks", "flipper", "--modes", "swap", "--seeds", "1",
+        "--fractions", "0.4", "--epochs", "1", "--no-quality", "--no-mao", "--threads", "1",
+        "--workdir", str(workdir), "--out-md", str(out_md),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in records} == {bench.SKIPPED}
+    markdown = out_md.read_text(encoding="utf-8")
+    assert "mode 'swap' exchanges two columns" in markdown
+    assert "## Failures and non-finite values\n\nNone" in markdown
+
+
+def test_benchmark_digits_is_a_features_card_from_scikit_learn(bench, tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    args = [
+        "--samples", "digits", "--seeds", "1", "--fractions", "0.4", "--epochs", "1",
+        "--no-quality", "--no-cleanlab", "--no-mao", "--threads", "1",
+        "--workdir", str(workdir), "--out-md", str(out_md),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    manifest = load_manifest(workdir / "samples" / "digits" / "card.toml")
+    pixels = manifest.frame[list(manifest.input_columns)].to_numpy()
+    assert pixels.shape == (1797, 64) and pixels.min() == 0.0 and pixels.max() == 1.0
+    assert manifest.class_names["digit"] == tuple(str(d) for d in range(10))
+    records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert {(r["sample"], r["task"], r["mode"]) for r in records} == {
+        ("digits", "digit", "permutation")
+    }
+    assert "| digits | digit (classification) | `permutation` (paper) | 40% |" in (
+        out_md.read_text(encoding="utf-8")
+    )
