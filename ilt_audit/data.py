@@ -473,18 +473,19 @@ def _stat_one(path: str) -> tuple[int, int]:
     return s.st_size, s.st_mtime_ns
 
 
-def scan_key(manifest: Manifest) -> str | None:
+def scan_key(manifest: Manifest, found: FileStats | None = None) -> str | None:
     """A fingerprint of everything the validation pass reads, or None if a file is missing.
 
     The card and manifest bytes (their sha256), whether the card lets paths leave its folder, and
-    the size and modification time (ns) of every file the table names (:func:`file_stats`).
+    the size and modification time (ns) of every file the table names (:func:`file_stats`;
+    ``found`` when the caller has them already, so that no file is stat-ed twice).
     """
     card = manifest.card
     digest = hashlib.sha256(
         f"scan-v{SCAN_FORMAT}:{card.sha256()}:{card.input.size}:"
         f"outside={card.allow_outside_paths}".encode()  # what the pass allowed is what it proved
     )
-    found = file_stats(manifest)
+    found = file_stats(manifest) if found is None else found
     if not found.complete:
         return None
     digest.update(found.stats.transpose(1, 0, 2).tobytes())  # column by column
@@ -498,6 +499,7 @@ def scan_files(
     workers: int | None = None,
     reuse: bool = True,
     place: Place | None = None,
+    stats: FileStats | None = None,
 ) -> Normalisation:
     """Check every file of an image card in one parallel pass; return the image statistics.
 
@@ -512,7 +514,7 @@ def scan_files(
     and add up their statistics. A cached pass is used only when every rank finds it.
     """
     place = place or Place()
-    key = scan_key(manifest) if reuse else None
+    key = scan_key(manifest, stats) if reuse else None
     cached = read_cached("scans", key) if key is not None else None
     if distributed.first(int(cached is not None), place) == 1:
         assert cached is not None
@@ -822,12 +824,14 @@ def load_dataset(
     scan: bool = True,
     rescan: bool = False,
     place: Place | None = None,
+    stats: FileStats | None = None,
 ) -> Dataset:
     """Validate a card, its manifest and every file it names; keep the table-sized columns.
 
     ``norm`` reuses saved statistics (a resumed run, the report's predictions) instead of the
     ones of this pass; ``scan=False`` skips the file pass (then ``norm`` is required for images);
-    ``rescan=True`` decodes every file even when an identical pass is cached (:func:`scan_files`).
+    ``rescan=True`` decodes every file even when an identical pass is cached (:func:`scan_files`);
+    ``stats`` are the files' :func:`file_stats` when the caller took them already.
     """
     manifest = card if isinstance(card, Manifest) else load_manifest(card, check_files=False)
     card = manifest.card
@@ -867,7 +871,9 @@ def load_dataset(
         train = np.zeros(n, bool)
         train[train_index] = True
         if scan:
-            found = scan_files(manifest, train, workers=workers, reuse=not rescan, place=place)
+            found = scan_files(
+                manifest, train, workers=workers, reuse=not rescan, place=place, stats=stats
+            )
             found = Normalisation(
                 found.input_mean, found.input_std, {**targets, **found.targets}, found.image_size
             )

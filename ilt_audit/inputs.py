@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ilt_audit.card import Card
-from ilt_audit.data import file_stats
+from ilt_audit.data import FileStats, file_stats
 from ilt_audit.errors import RunDirError
 from ilt_audit.internal.files import write_atomic
 from ilt_audit.manifest import Manifest
@@ -45,9 +45,10 @@ SCHEMA = pa.schema(
 )
 
 
-def record_files(manifest: Manifest) -> pa.Table:
-    """The fingerprint of every file the manifest names, in table order (see the module)."""
-    found = file_stats(manifest)
+def record_files(manifest: Manifest, found: FileStats | None = None) -> pa.Table:
+    """The fingerprint of every file the manifest names, in table order (see the module);
+    ``found``: the files' :func:`~ilt_audit.data.file_stats`, when the caller took them."""
+    found = file_stats(manifest) if found is None else found
     n, c = found.stats.shape[:2]
     row = np.repeat(np.arange(n), c)  # (N*C,) row by row, columns in order within a row
     column = np.tile(np.arange(c), n)

@@ -40,6 +40,7 @@ from ilt_audit.data import (
     Dataset,
     EpochBatches,
     Normalisation,
+    file_stats,
     load_dataset,
     make_loader,
     to_device,
@@ -483,14 +484,16 @@ def _train(
         config = (config or TrainConfig()).check()
         device = resolve_device(config.device, place)
         manifest = load_manifest(card, check_files=False)
-        files = record_files(manifest) if place.main else None  # before the pass reads them
+        # one stat per file, before the pass reads them: the record and the pass's cache key
+        stats = file_stats(manifest) if place.main else None
+        files = record_files(manifest, stats) if stats is not None else None
         if resume and files is not None:
             note = check_files(out, files, accept_changed=accept_changed_files)
             if note is not None:
                 on_warning(note)
     # validates every row and file before anything is written; a resumed run keeps its statistics
     data = load_dataset(
-        manifest, workers=config.workers, norm=saved_norm, rescan=rescan, place=place
+        manifest, workers=config.workers, norm=saved_norm, rescan=rescan, place=place, stats=stats
     )
     run = _Run(data, config, device, place)
     config_json = _config_json(card, data, config, device, place)

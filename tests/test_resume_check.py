@@ -202,3 +202,14 @@ def test_file_stats_marks_a_missing_file(image_card):
     assert not found.complete
     assert found.stats[4, 1].tolist() == [-1, -1]
     assert (np.delete(found.stats.reshape(-1, 2), 4 * 3 + 1, axis=0) > 0).all()
+
+
+def test_train_stats_each_file_once(image_card, tmp_path, tiny, monkeypatch):
+    # the run's record of its files and the validation cache's key share one stat per file
+    from ilt_audit import data
+
+    calls = []
+    real = data._stat_each
+    monkeypatch.setattr(data, "_stat_each", lambda paths: calls.append(len(paths)) or real(paths))
+    train(image_card, tmp_path / "run", config=tiny(epochs=1))
+    assert len(calls) == 3  # image, mask, depth columns, once each
