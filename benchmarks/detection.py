@@ -64,10 +64,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ilt_audit.card import Card, load_card
-from ilt_audit.corruption import MODES, corrupt, read_truth, toml_dumps
+from ilt_audit.corruption import MODES, corrupt, read_truth
 from ilt_audit.data import load_dataset
 from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
 from ilt_audit.evaluation import detection_metrics, evaluate
+from ilt_audit.internal.toml import toml_dumps
 from ilt_audit.manifest import load_manifest, read_table
 from ilt_audit.ranking import DEFAULT_BY, SCORES
 from ilt_audit.training import TrainConfig, predict, train

@@ -87,6 +87,7 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     parquet = "parquet"
+    label_studio = "label-studio"  # rank only: Label Studio tasks (ilt_audit.export)
 
 
 class Noise(StrEnum):
@@ -160,6 +161,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _table_format(fmt: Format) -> None:
+    """Refuse ``--format label-studio`` in a command whose result is not a list of suspects."""
+    if fmt is Format.label_studio:
+        raise _fail(
+            "--format label-studio exports suspects for relabelling: use it with `ilt-audit rank`; "
+            "here choose table, csv, json or parquet"
+        )
+
+
 def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> None:
     """Render a result table: Rich on the terminal, or a stable machine format.
 
@@ -167,6 +177,7 @@ def _emit(frame: pd.DataFrame, fmt: Format, output: Path | None, title: str) -> 
     Rich takes about 0.3 ms a row) and says how many it left out; files and pipes in a machine
     format get every row.
     """
+    _table_format(fmt)
     if fmt is Format.table and output is None:
         from rich.console import Console
         from rich.table import Table
@@ -388,14 +399,62 @@ def rank(
 ) -> None:
     """List, per task, the instances most likely mislabelled, highest score first.
 
+    --format label-studio writes Label Studio tasks, the current label as the pre-annotation,
+    and with --output FILE the labelling interface beside it (suffix .label-config.xml).
+
     Example: ilt-audit rank runs/shapes --task shape --top 5% --format csv
+
+    Example: ilt-audit rank runs/shapes --top 2% --format label-studio --output suspects.json
     """
     from ilt_audit.ranking import DEFAULT_BY
     from ilt_audit.ranking import rank as rank_instances
 
+    if fmt is Format.label_studio:
+        _rank_label_studio(run_dir, task, top, by or DEFAULT_BY, output, allow_partial)
+        return
     run = _open(run_dir, allow_partial)
     frame = rank_instances(run, task=task, top=top, by=by or DEFAULT_BY)
     _emit(frame, fmt, output, f"Most suspect labels in {run_dir}")
+
+
+def _rank_label_studio(
+    run_dir: Path, task: str | None, top: str | None, by: str, output: Path | None, partial: bool
+) -> None:
+    """``rank --format label-studio``: the tasks as JSON, and the labelling interface beside
+    ``--output`` (both checked writable before any work)."""
+    import json
+
+    from ilt_audit.export import label_studio_config, label_studio_tasks
+    from ilt_audit.internal.console import err_console
+    from ilt_audit.internal.files import check_output, write_text_atomic
+
+    config = None
+    if output is not None:
+        check_output(output)
+        config = output.with_suffix(LABEL_CONFIG)  # suspects.json: suspects.label-config.xml
+        check_output(config)
+    run = _open(run_dir, partial)
+    tasks = label_studio_tasks(run, task=task, top=top, by=by)
+    text = json.dumps(tasks, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    if output is None or config is None:
+        sys.stdout.write(text)
+        err_console.print(
+            "The labelling interface for these tasks is written beside --output FILE, with the "
+            f"suffix {LABEL_CONFIG}.",
+            highlight=False,
+        )
+        return
+    interface = label_studio_config(run, tasks)
+    write_text_atomic(output, text)
+    write_text_atomic(config, interface)
+    err_console.print(
+        f"[green]Label Studio:[/] {len(tasks)} tasks in {_markup_safe(str(output))}; the "
+        f"labelling interface in {_markup_safe(str(config))}.",
+        highlight=False,
+    )
+
+
+LABEL_CONFIG = ".label-config.xml"  # beside rank --format label-studio --output FILE
 
 
 @app.command()
@@ -492,6 +551,7 @@ def evaluate(
     from ilt_audit.evaluation import evaluate as evaluate_run
     from ilt_audit.ranking import DEFAULT_BY
 
+    _table_format(fmt)
     run = _open(run_dir, allow_partial)
     frame = evaluate_run(run, truth, by=by or DEFAULT_BY)
     _emit(frame, fmt, output, f"Detection of corrupted labels in {run_dir}")
@@ -564,6 +624,7 @@ def gate(
     from ilt_audit.internal.console import err_console
     from ilt_audit.internal.files import check_output, write_text_atomic
 
+    _table_format(fmt)
     for path in (junit, summary, output):  # checked before any work: one bad, none written
         if path is not None:
             check_output(path)
@@ -630,6 +691,122 @@ def _print_gate(result: Any) -> None:
         for row in shown.itertuples():
             listing.add_row(str(row.rank), _cell(row.id), f"{row.score:.4f}", _cell(row.label))
         console.print(listing)
+
+
+@app.command()
+def review(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `train`.")],
+    task: Annotated[str | None, typer.Option(help="Open on this task's suspects.")] = None,
+    port: Annotated[int, typer.Option(help="Port to serve on (0: any free port).")] = 8765,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to serve on. Anything but 127.0.0.1 lets others reach it."),
+    ] = "127.0.0.1",
+    top: Annotated[
+        str, typer.Option(help="Suspects listed per task: a count (500) or a share (5%).")
+    ] = "5%",
+    by: ByOption = None,
+    reviewer: Annotated[
+        str | None, typer.Option(help="Your name on the decisions (default: your login).")
+    ] = None,
+    browser: Annotated[
+        bool, typer.Option("--browser/--no-browser", help="Open the page in your browser.")
+    ] = True,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Write the decisions to this CSV and exit (no server)."),
+    ] = None,
+    import_: Annotated[
+        Path | None,
+        typer.Option(
+            "--import",
+            help="Check every row of this decisions CSV, record them all, and exit (no server).",
+        ),
+    ] = None,
+    allow_partial: AllowPartialOption = False,
+) -> None:
+    """Review the suspects in your browser: keep, relabel or drop each one.
+
+    Decisions are saved in RUN_DIR/review.sqlite as you make them; `ilt-audit fix` turns them
+    into a corrected dataset. --export/--import exchange them with a spreadsheet.
+
+    Example: ilt-audit review runs/shapes --task seg
+    """
+    import getpass
+
+    from ilt_audit.decisions import DecisionStore
+    from ilt_audit.internal.console import err_console
+    from ilt_audit.internal.files import check_output
+
+    run = _open(run_dir, allow_partial)
+    if export is not None or import_ is not None:
+        store = DecisionStore(run.path)
+        if import_ is not None:
+            count = store.import_csv(import_, run.manifest("to check the decisions"))
+            err_console.print(f"Recorded {count} decision(s) from {_markup_safe(str(import_))}")
+        if export is not None:
+            check_output(export)
+            count = store.export_csv(export)
+            err_console.print(f"Wrote {count} decision(s) to {_markup_safe(str(export))}")
+        return
+    from ilt_audit.review import bind, open_review, review_app, serve, url_of
+
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    sock = bind(host, port)
+    opened = open_review(
+        run, top=top, by=by, reviewer=reviewer or getpass.getuser(), allow_partial=allow_partial
+    )
+    names = [t.name for t in opened.tasks]
+    if task is not None and task not in names:
+        sock.close()
+        raise _fail(f"--task {task!r} has no suspects to review; the tasks are: {', '.join(names)}")
+    url = url_of(sock, task)
+    if not loopback:
+        err_console.print(
+            f"[yellow]Warning:[/] serving on {_markup_safe(host)}: anyone who can reach this "
+            "machine can read the dataset and record decisions.",
+            highlight=False,
+        )
+    total = sum(c["total"] for c in opened.counts().values())
+    err_console.print(
+        f"Reviewing {total:,} suspects of {_markup_safe(str(run.path))} at {url} (Ctrl+C stops)",
+        highlight=False,
+    )
+    if browser and not os.environ.get("CI"):
+        import webbrowser
+
+        webbrowser.open(url)
+    serve(review_app(opened, hosts=None if loopback else ["*"]), sock)
+
+
+@app.command()
+def fix(
+    card: Annotated[Path, typer.Argument(help="The dataset card the run was trained on (TOML).")],
+    decisions: Annotated[
+        Path,
+        typer.Option(
+            "--decisions", help="The run directory whose review.sqlite holds the decisions."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="New or empty folder for the corrected dataset.")
+    ],
+) -> None:
+    """Write a corrected copy of a dataset from a run's review decisions (keep, relabel, drop).
+
+    Example: ilt-audit fix data/card.toml --decisions runs/audit --out data-fixed
+    """
+    from ilt_audit.fix import fix as fix_dataset
+    from ilt_audit.internal.console import err_console
+
+    result = fix_dataset(card, decisions=decisions, out=out)
+    counts = ", ".join(f"{kind}: {n}" for kind, n in result.counts.items())
+    err_console.print(
+        f"[green]Fixed:[/] {_markup_safe(counts)} decisions; {result.dropped} instance(s) "
+        f"dropped. Card: {_markup_safe(str(result.card_path))}; changes: "
+        f"{_markup_safe(str(result.changes_path))}",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -47,11 +47,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import shutil
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,11 +59,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ilt_audit.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
-from ilt_audit.corruption_modes import FILLS, MODES, NOISES, Mode, Output, Setting
+from ilt_audit.card import Card, TaskSpec
+from ilt_audit.corruption_modes import FILLS, MODES, NOISES, Mode, Setting
 from ilt_audit.errors import CardError, OptionError, TruthError
-from ilt_audit.internal.toml import toml_dumps, toml_string
-from ilt_audit.manifest import Manifest, load_manifest, read_table
+from ilt_audit.internal.derived import Output, check_out, write_derived
+from ilt_audit.manifest import Manifest, load_manifest
 
 TRUTH_FILE = "corruption.parquet"
 # What every corruption file holds (a file written before the modes holds only this) ...
@@ -143,7 +139,7 @@ def corrupt(
         pairs=pairs,
     )
     out = Path(out).resolve()
-    _check_out(out)
+    check_out(out)
 
     eligible = _eligible_rows(manifest)
     n = len(eligible)
@@ -173,7 +169,22 @@ def corrupt(
     ]
     if chosen_modes:  # the paper's modes keep the note, and the card, as they always were
         note += f"; modes: {', '.join(chosen_modes)}"
-    _write_dataset(manifest, eligible, plans, out, note)
+
+    def edit(output: Output) -> None:
+        for plan in plans:
+            method = plan.setting.method
+            plan.details.extend(
+                method.apply(output, plan.task, plan.stats, plan.chosen, plan.rng, plan.setting)
+            )
+
+    write_derived(
+        manifest,
+        out,
+        command="corrupt",
+        note=note,
+        edit=edit,
+        record=lambda staging: _write_truth(staging / TRUTH_FILE, manifest, eligible, plans),
+    )
     counts = {plan.task.name: len(plan.chosen) for plan in plans}
     return CorruptionResult(out / card.path.name, out / TRUTH_FILE, counts, n)
 
@@ -188,59 +199,6 @@ class _Plan:
     chosen: np.ndarray  # (k,) sorted row numbers
     rng: np.random.Generator  # the task's generator, after drawing ``chosen``
     details: list[str] = field(default_factory=list)  # filled by apply: one per chosen row
-
-
-def _write_dataset(
-    manifest: Manifest, eligible: np.ndarray, plans: list[_Plan], out: Path, note: str
-) -> None:
-    """Write the corrupted dataset into a temporary sibling of ``out``, then rename it."""
-    card = manifest.card
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir(parents=True)
-        table = read_table(card.table_path, card.id).reset_index(drop=True)  # original dtypes
-        output = Output(manifest, table, out, staging)
-        _rewrite_paths(output)
-        for plan in plans:
-            method = plan.setting.method
-            plan.details.extend(
-                method.apply(output, plan.task, plan.stats, plan.chosen, plan.rng, plan.setting)
-            )
-        raw, header = _new_card(card, note)
-        _write_table(output.frame, staging / raw["table"])
-        (staging / card.path.name).write_text(header + toml_dumps(raw), encoding="utf-8")
-        _write_truth(staging / TRUTH_FILE, manifest, eligible, plans)
-        try:  # one rename: two runs on one --out never mix, the second to finish is refused
-            os.replace(staging, out)
-        except OSError:
-            if not out.exists():
-                raise
-            raise OptionError(
-                f"{out} exists and is not empty: another process wrote it while this one ran"
-            ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _new_card(card: Card, note: str) -> tuple[dict[str, Any], str]:
-    """The new card's content and its header comment: the original's, with the table next to it
-    and, for an image card, ``allow_outside_paths`` and the reason."""
-    raw = dict(card.raw)
-    # a path is quoted: a newline in it must not end the comment (task names are [a-z0-9_-])
-    header = f"# Written by ilt-audit corrupt from {toml_string(str(card.path))}\n# {note}\n"
-    raw["table"] = Path(card.table).name if re.search(ESCAPING_PATH, card.table) else card.table
-    if card.input.type == "image":
-        # Honest rather than tidy: the new manifest names the original dataset's input files,
-        # never copied (it may be large), and they lie outside this folder. Links to them would
-        # be refused as any path that leaves the folder is, so the card opts in and says why.
-        # The original's own paths passed its card's rule when its manifest was read.
-        raw["allow_outside_paths"] = True
-        header += (
-            "# allow_outside_paths: the inputs are the original dataset's files in "
-            f"{toml_string(str(card.root))}\n"
-        )
-    return raw, header
 
 
 def _check_options(
@@ -426,14 +384,6 @@ def _check_magnitude(task: TaskSpec, mode: str, method: Mode, value: Any) -> flo
     return float(value)
 
 
-def _check_out(out: Path) -> None:
-    if out.is_dir():
-        if any(out.iterdir()):
-            raise OptionError(f"{out} exists and is not empty")
-    elif out.exists():
-        raise OptionError(f"{out} exists and is not a directory")
-
-
 def _eligible_rows(manifest: Manifest) -> np.ndarray:
     """Rows that may be corrupted: the training rows (paper: "a subset of training dataset")."""
     card = manifest.card
@@ -443,40 +393,6 @@ def _eligible_rows(manifest: Manifest) -> np.ndarray:
     if len(rows) == 0:
         raise CardError(f"{card.table_path}: column {card.split!r}: no row has split 'train'")
     return rows
-
-
-def _rewrite_paths(output: Output) -> None:
-    """Point every file column at the original files, relative to the new card's folder."""
-    card = output.manifest.card
-    columns = [t.column for t in card.tasks if t.dense]
-    if card.input.type == "image":
-        columns.insert(0, card.input.columns[0])
-    for column in dict.fromkeys(columns):
-        output.frame[column] = [
-            value
-            if os.path.isabs(value)
-            else Path(os.path.relpath(card.root / value, output.root)).as_posix()
-            for value in output.frame[column]
-        ]
-
-
-def _write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write a manifest in the format its name says, so that ``read_table`` reads it back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kind = TABLE_READERS[path.suffix.lower()]
-    if kind == "csv":
-        frame.to_csv(path, index=False)
-    elif kind == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        # json.dumps writes floats with repr, so they read back exactly (to_json rounds them)
-        with path.open("w", encoding="utf-8") as handle:
-            for record in frame.to_dict(orient="records"):
-                clean = {
-                    str(k): (None if isinstance(v, float) and math.isnan(v) else v)
-                    for k, v in record.items()
-                }
-                handle.write(json.dumps(clean, ensure_ascii=False, default=str) + "\n")
 
 
 def _write_truth(path: Path, manifest: Manifest, eligible: np.ndarray, plans: list[_Plan]) -> None:

@@ -24,12 +24,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from ilt_audit.card import TaskSpec
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.internal.console import track
+from ilt_audit.internal.derived import Output, label_value, save_npy, save_png
 from ilt_audit.manifest import Manifest
 
 Noise = Callable[[np.ndarray, Any, Any, np.random.Generator], np.ndarray]
@@ -99,38 +98,6 @@ class Setting:
         return text
 
 
-@dataclass
-class Output:
-    """The dataset being written: the new table and where its files go."""
-
-    manifest: Manifest
-    frame: pd.DataFrame  # the new manifest table, edited in place
-    root: Path  # the final output folder: paths in the table are relative to it
-    staging: Path  # where files are written until the folder is renamed to ``root``
-    ids: list[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.ids = self.manifest.ids
-
-    def write_file(
-        self, task: TaskSpec, row: int, suffix: str, write: Callable[[Path], None]
-    ) -> None:
-        """Write a new label file for a row and point the row's label column at it."""
-        name = f"{task.name}/{_file_stem(self.ids[row])}{suffix}"
-        path = self.staging / name
-        path.parent.mkdir(exist_ok=True)
-        write(path)
-        self.frame.loc[row, task.column] = name
-
-
-def _file_stem(instance_id: str) -> str:
-    """A file name for an instance: its id when that is a safe name, else a sanitised id + hash."""
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", instance_id):
-        return instance_id
-    digest = hashlib.sha1(instance_id.encode("utf-8")).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', instance_id)[:60].strip('._')}-{digest}"
-
-
 def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     """A random permutation of 0..n-1 without a fixed point (n >= 2); about e draws on average."""
     while True:
@@ -163,7 +130,7 @@ def _relabel(
         as_found = {names[i]: value for i, value in zip(index, column, strict=True)}
         values = column.tolist()
         for row, target in zip(rows, new, strict=True):
-            values[row] = _label_value(names[target], column.dtype, as_found)
+            values[row] = label_value(names[target], column.dtype, as_found)
         output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
         return [f"{names[a]}→{names[b]}" for a, b in zip(index[rows], new, strict=True)]
 
@@ -357,17 +324,6 @@ def _model_inputs(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
     return np.stack(pixels)
 
 
-def _label_value(name: str, dtype: Any, as_found: dict[str, Any]) -> Any:
-    """A class name in the representation of the label column (ints stay ints, text stays text)."""
-    if pd.api.types.is_bool_dtype(dtype):
-        return name == "True"
-    if pd.api.types.is_integer_dtype(dtype):
-        return int(name)
-    if pd.api.types.is_float_dtype(dtype):
-        return float(name)
-    return as_found.get(name, name)
-
-
 # dense labels: read, checked and (for candidates) tested once per map in plan; changed per map
 
 
@@ -507,24 +463,15 @@ def _rewrite_maps(
             details.append(detail)
             if task.type == "segmentation":
                 dtype = np.uint8 if new.max() <= 255 else np.uint16  # uint16: a 16-bit PNG
-                save = partial(_save_png, new, dtype)
+                save = partial(save_png, new, dtype)
                 output.write_file(task, row, ".png", save)
             else:
                 # A 16-bit PNG map is read divided by the task's scale; the new .npy holds those
                 # values and read_depth never scales a .npy, so the card keeps its scale.
-                output.write_file(task, row, ".npy", partial(_save_npy, new.astype(np.float32)))
+                output.write_file(task, row, ".npy", partial(save_npy, new.astype(np.float32)))
         return details
 
     return apply
-
-
-def _save_png(array: np.ndarray, dtype: Any, path: Path) -> None:
-    Image.fromarray(np.ascontiguousarray(array.astype(dtype))).save(path, format="PNG")
-
-
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    with path.open("wb") as handle:
-        np.save(handle, array, allow_pickle=False)
 
 
 def _max_filter(array: np.ndarray, k: int) -> np.ndarray:

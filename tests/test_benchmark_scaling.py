@@ -28,7 +28,9 @@ def test_scaling_benchmark_writes_one_row_per_process_count(bench, tmp_path: Pat
     text = out_md.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks\n\nWritten by hand.\n")
     block = text[text.index("<!-- scaling:start -->") : text.index("<!-- scaling:end -->")]
-    rows = [line.split("|")[1].strip() for line in block.splitlines() if line[:4] in ("| 1 ", "| 2 ")]
+    rows = [
+        line.split("|")[1].strip() for line in block.splitlines() if line[:4] in ("| 1 ", "| 2 ")
+    ]
     assert rows == ["1", "2"]
     raw = json.loads((work / "scaling.json").read_text(encoding="utf-8"))
     best = raw["best"]

@@ -8,8 +8,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +21,7 @@ from PIL import Image
 
 from ilt_audit import report
 from ilt_audit.corruption import TRUTH_SCHEMA, corrupt
+from ilt_audit.internal.html import templates
 from ilt_audit.report import render_report
 from ilt_audit.training import train
 
@@ -84,6 +87,66 @@ def test_report_needs_no_network_and_runs_no_script(image_report):
     assert "<script" not in html
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
     assert "default-src 'none'; img-src data:" in html  # the page's own policy forbids the rest
+
+
+class _Parsed(HTMLParser):
+    """A page as the browser reads it: its tags, its text and its attribute values, unescaped."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.text: list[str] = []
+        self.attributes: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.attributes += [value for _, value in attrs if value is not None]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_markup_in_ids_labels_and_the_run_folder_is_shown_as_text_everywhere(
+    make_image_card, tmp_path, tiny
+):
+    mark = "<script>alert('x')</script>\"&"
+    card = make_image_card(tmp_path / "data")
+    table = card.parent / "manifest.csv"
+    frame = pd.read_csv(table, dtype=str)
+    frame["id"] = frame["id"] + mark
+    frame["colour"] = frame["colour"] + mark
+    frame.to_csv(table, index=False)
+    folder = "run<b>'\"&"  # a folder name cannot hold the mark's "/"
+    run = tmp_path / folder
+    train(card, run, config=tiny(epochs=1))
+    page = render_report(run, tmp_path / "r.html", top=12).read_text(encoding="utf-8")
+    assert mark not in page and folder not in page and "<script" not in page
+    parsed = _Parsed(page)
+    assert parsed.tags <= {
+        *("html", "head", "meta", "link", "style", "title", "body", "header", "h1", "h2", "h3"),
+        *("p", "section", "dl", "dt", "dd", "code", "span", "table", "thead", "tbody", "tr"),
+        *("th", "td", "a", "i", "b", "nav", "div", "figure", "img", "figcaption", "footer"),
+    }
+    text = "".join(parsed.text)
+    assert text.count(f"ilt-audit report: {folder}") == 2  # the title and the heading
+    assert text.count(f"ilt-audit gate {run} --format json") == 1
+    for row_id in frame["id"]:
+        assert row_id in text  # its row of the table
+        # a thumbnail's alt and title: the input in each task's table, the mask in one
+        assert parsed.attributes.count(f"input of {row_id}") == 2 * len(IMAGE_TASKS)
+        assert parsed.attributes.count(f"seg map of {row_id} as labelled") == 2
+    assert parsed.text.count(f"red{mark}") == 4  # a cell of the colour table per red label
+
+
+def test_every_template_escapes_what_it_is_given():
+    env = templates()
+    assert env.autoescape is True
+    assert env.from_string("{{ value }}").render(value="<b>'&") == "&lt;b&gt;&#39;&amp;"
+    folder = Path(report.__file__).parent / "templates"
+    for template in folder.glob("*.html"):
+        source = template.read_text(encoding="utf-8")
+        assert not re.search(r"\|\s*safe\b|autoescape\s+false", source), template.name
 
 
 def test_with_truth_the_report_splits_clean_and_corrupted_and_shows_detection(image_report):

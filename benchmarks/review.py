@@ -1,0 +1,168 @@
+"""Review-app benchmark: does `ilt-audit review` stay responsive on a run of a million instances?
+
+It reuses the synthetic runs of ``benchmarks/readers.py`` (N instances × 3 tasks × E epochs, a
+features manifest, no checkpoint: pages show labels without predictions, so the model's cost is
+not measured here) and, in a fresh process per size:
+
+- opens the run for review the first time (ranking, trajectories of the listed suspects and the
+  task medians written into ``review.sqlite``), then again (the suspects table is reused);
+- serves the app on a local port and times page requests over HTTP: the first page, a page deep in
+  the list, a page filtered by class and score, and a decision posted.
+
+The figures are the median of ``--repeat`` requests each. The table is written into the
+``review`` block of ``docs/benchmarks.md``.
+
+Example:
+    python benchmarks/review.py                       # 100k and 1M instances, 30 epochs
+    python benchmarks/review.py --sizes 20000 --repeat 3 --out-md /tmp/review.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _markdown import table, write_block  # noqa: E402
+from readers import EPOCHS, build  # noqa: E402
+from readers import _machine as machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = "review"
+SIZES = (100_000, 1_000_000)
+TOP = "5%"
+TARGET_S = 1.0  # a page, a decision: what "responsive" means here
+
+# Runs in a fresh process: the timings include nothing the parent imported.
+_PROBE = r"""
+import json, statistics, sys, threading, time, urllib.request
+started = time.perf_counter()
+from ilt_audit.review import bind, open_review, review_app, serve, url_of
+imported = time.perf_counter() - started
+run, top, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = time.perf_counter(); review = open_review(run, top=top); first = time.perf_counter() - t
+t = time.perf_counter(); review = open_review(run, top=top); again = time.perf_counter() - t
+sock = bind("127.0.0.1", 0)
+threading.Thread(target=serve, args=(review_app(review), sock), daemon=True).start()
+url = url_of(sock)
+for _ in range(200):
+    try:
+        urllib.request.urlopen(url); break
+    except OSError:
+        time.sleep(0.05)
+counts = review.counts()
+task = next(iter(counts))
+deep = counts[task]["total"] // 10 - 1
+def timed(make):
+    seconds = []
+    for i in range(repeat):
+        request = make(i)
+        t = time.perf_counter()
+        with urllib.request.urlopen(request) as response:
+            response.read()
+        seconds.append(time.perf_counter() - t)
+    return statistics.median(seconds)
+ids = review.manifest.ids
+figures = {
+    "import": imported,
+    "open (first)": first,
+    "open (again)": again,
+    "page 1": timed(lambda i: url + f"tasks/{task}"),
+    f"page {deep}": timed(lambda i: url + f"tasks/{task}?page={deep}"),
+    "page 1, class and score filter": timed(lambda i: url + f"tasks/{task}?class=a&min=0"),
+    "decision": timed(lambda i: urllib.request.Request(
+        url + "api/decisions",
+        data=json.dumps({"id": ids[i], "task": task, "decision": "keep"}).encode(),
+        headers={"Content-Type": "application/json", "X-Review-Token": review.token})),
+}
+print(json.dumps({"suspects": sum(c["total"] for c in counts.values()), "figures": figures}))
+"""
+
+
+def measure(run: Path, repeat: int) -> dict[str, object]:
+    for stale in run.glob("review.sqlite*"):  # the first open must build the suspects table
+        stale.unlink()
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(run), TOP, str(repeat)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the review probe failed:\n{done.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def markdown(results: list[tuple[int, int, dict[str, object]]], command: str, repeat: int) -> str:
+    rows = []
+    for n, epochs, result in results:
+        figures = result["figures"]
+        assert isinstance(figures, dict)
+        for name, seconds in figures.items():
+            target = TARGET_S if name.startswith(("page", "decision")) else None
+            verdict = "—" if target is None else ("met" if seconds <= target else "**not met**")
+            rows.append(
+                [
+                    f"{n:,}",
+                    str(epochs),
+                    f"{result['suspects']:,}",
+                    name,
+                    f"{seconds:.3f}",
+                    verdict if target is None else f"≤ {target:g} s: {verdict}",
+                ]
+            )
+    return "\n".join(
+        [
+            "## Review app at scale",
+            "",
+            "<!-- Generated by benchmarks/review.py; rerun it rather than editing this block. -->",
+            "",
+            f"- Produced by: `{command}`",
+            f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- Machine: {machine()}",
+            "- Data: the synthetic runs of `benchmarks/readers.py` (3 tasks, a features manifest, "
+            f"no checkpoint: pages show no predictions); `--top {TOP}` suspects per task.",
+            "- Figures: seconds in one fresh process: importing the app, opening the run for "
+            "review the first time (ranking, trajectories and medians written into "
+            "`review.sqlite`) and again (reused), then HTTP requests to the served app, median "
+            f"of {repeat}: the first page, a page at the end of the list, a filtered page, a "
+            "decision posted (committed with `synchronous=FULL`).",
+            "",
+            table(["instances", "epochs", "suspects", "step", "seconds", "target"], rows),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", help="instances per run, comma-separated (default 100000,1000000)"
+    )
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ilt-audit-bench-readers"))
+    parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(SIZES)
+    command = "python benchmarks/review.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    results = []
+    for n in sizes:
+        case = build(args.workdir / f"n{n}-e{args.epochs}", n, args.epochs)
+        result = measure(case.run, args.repeat)
+        results.append((n, args.epochs, result))
+        print(f"{n:,}: {json.dumps(result)}")
+    write_block(args.out_md, BLOCK, markdown(results, command.strip(), args.repeat))
+    print(f"Wrote the {BLOCK!r} block of {args.out_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
