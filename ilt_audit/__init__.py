@@ -28,6 +28,8 @@ _LAZY = {
     "read_trajectories": "ilt_audit.trajectories",
     "read_epochs": "ilt_audit.trajectories",
     "read_matrix": "ilt_audit.trajectories",
+    "DecisionStore": "ilt_audit.decisions",
+    "label_studio_tasks": "ilt_audit.export",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -94,9 +96,10 @@ def _get(url: str, **headers: str) -> tuple[int, str, dict[str, str]]:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright  # never skipped: the test extra has it
+
     assert CHROMIUM, "the browser tests need Debian's chromium (.ci/run installs it)"
-    with playwright.sync_playwright() as driver:
+    with sync_playwright() as driver:
         launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield launched
         launched.close()
@@ -393,3 +396,14 @@ def test_the_suspects_are_ranked_once_and_kept(
     monkeypatch.undo()
     fewer = open_review(served.run, top="2")  # another share: ranked again
     assert {c["total"] for c in fewer.counts().values()} == {2}
+
+
+def test_starting_the_app_imports_no_torch(served: Served) -> None:
+    code = (
+        "import sys\n"
+        "from ilt_audit.review import open_review, review_app\n"
+        f"review_app(open_review({str(served.run)!r}))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
