@@ -159,8 +159,10 @@ class Review:
                 return
         ranked = rank(self.run, top=self.top, by=self.score)
         value = SCORES[self.score].column
-        epochs = list(self.run.epochs)
-        curves = read_matrix(self.run.path, value, ids=ranked["id"].unique())
+        # the finished epochs only: an unfinished run's last file may have no metrics line
+        curves = read_matrix(
+            self.run.path, value, epochs=self.run.epochs, ids=ranked["id"].unique()
+        )
         names, codes = curves.task_codes()
         keys = pd.MultiIndex.from_arrays(
             [curves.keys["id"].to_pandas(), np.asarray(names, dtype=object)[codes]]
@@ -188,7 +190,7 @@ class Review:
                 strict=True,
             )
         ]
-        medians = self._medians(value, epochs)
+        medians = self._medians(value)
         with self.store.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM suspects")
@@ -199,16 +201,13 @@ class Review:
             db.execute("INSERT OR REPLACE INTO suspects_meta VALUES ('signature', ?)", (signature,))
             db.execute("COMMIT")
 
-    def _medians(self, value: str, epochs: list[int]) -> dict[str, list[float | None]]:
-        """Per task, the median of the value column per epoch, over a seeded sample."""
-        everyone = rank(self.run, by=self.score, labels=False)[["id", "task"]]
-        rng = np.random.default_rng(0)
-        sample = (
-            everyone.groupby("task", sort=False, group_keys=False)
-            .apply(lambda g: g.sample(min(len(g), MEDIAN_SAMPLE), random_state=rng))
-            .reset_index(drop=True)
-        )
-        curves = read_matrix(self.run.path, value, ids=sample["id"].unique())
+    def _medians(self, value: str) -> dict[str, list[float | None]]:
+        """Per task, the median of the value column per epoch, over a seeded sample of at most
+        :data:`MEDIAN_SAMPLE` instances (only their rows are read)."""
+        ids = np.asarray(self.manifest.ids, dtype=object)
+        if len(ids) > MEDIAN_SAMPLE:
+            ids = np.random.default_rng(0).choice(ids, MEDIAN_SAMPLE, replace=False)
+        curves = read_matrix(self.run.path, value, epochs=self.run.epochs, ids=ids.tolist())
         names, codes = curves.task_codes()
         medians = {}
         for i, name in enumerate(names):

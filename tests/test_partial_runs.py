@@ -180,3 +180,21 @@ def test_an_epoch_recorded_without_its_trajectory_file_is_refused(stopped):
         RunDirError, match="epoch 1 is recorded in metrics.jsonl but its trajectory"
     ):
         open_run(run, allow_partial=True)
+
+
+def test_review_of_an_unfinished_run_reads_the_finished_epochs_only(stopped):
+    from ilt_audit.review import Filters, open_review
+
+    run, _ = stopped
+    epoch2 = read_trajectories(run, epochs=[2])
+    ids = list(dict.fromkeys(epoch2.id))
+    write_epoch(  # written but not recorded: epoch 3 is unfinished and must not be shown
+        run, 3, ids, ["label", "target"], np.full((len(ids), 2), 3.5), np.ones((len(ids), 2))
+    )
+    review = open_review(run, top="100%", allow_partial=True)
+    found, _ = review.page("label", 1, Filters())
+    assert found
+    for suspect in found:
+        curve = json.loads(suspect["trajectory"])
+        assert len(curve) == 2 and 3.5 not in curve
+    assert all(len(m) == 2 for m in review.medians().values())
