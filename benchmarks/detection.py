@@ -188,6 +188,7 @@ class Settings:
     out_md: Path
     quick: bool
     command: str
+    backbones: tuple[str, ...] = ()  # --model names also trained with ILT on image samples
     report_only: bool = False  # write the report from finished configurations, run nothing
     block: str | None = None  # write the report into this block of out_md only
 
@@ -275,6 +276,11 @@ def parse_args(argv: list[str]) -> Settings:
         "--no-mao", action="store_true", help="skip the --weighting mao baseline (one training)"
     )
     parser.add_argument("--no-quality", action="store_true", help="skip the model-quality section")
+    parser.add_argument(
+        "--backbones",
+        help="comma-separated `--model` names (e.g. resnet18) also trained with ILT on the image "
+        "samples, each a column beside the small network's; their ImageNet weights are not used",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -388,6 +394,7 @@ def parse_args(argv: list[str]) -> Settings:
         out_md=args.out_md,
         quick=args.quick,
         command=shlex.join(["python", "benchmarks/detection.py", *argv]),
+        backbones=tuple(_csv(args.backbones or "")),
         report_only=args.report_only,
         block=args.block,
     )
@@ -552,6 +559,8 @@ def detection_methods(settings: Settings, case: Case) -> list[str]:
         return samples is None or case.sample.name in samples
 
     methods = ["ilt"]
+    if _is_image(case.sample.card):
+        methods += [f"{BACKBONE}{name}" for name in settings.backbones]
     if wanted(settings.uncertainty_samples):
         methods.append("uncertainty")
     if wanted(settings.mao_samples):
@@ -593,11 +602,22 @@ def scores_for(task_type: str) -> list[str]:
     return [by for by, s in SCORES.items() if s.column != "margin" or task_type == "classification"]
 
 
-def run_ilt(settings: Settings, case: Case, card: Path, truth: Path) -> Outcome:
-    """ILT with default options; every score of ``ranking.SCORES`` from the one run."""
+@functools.cache
+def _is_image(card: Path) -> bool:
+    return load_card(card).input.type == "image"
+
+
+def run_ilt(
+    settings: Settings, case: Case, card: Path, truth: Path, model: str | None = None
+) -> Outcome:
+    """ILT with default options (or another ``--model``); every score of ``ranking.SCORES``
+    from the one run."""
     outcome = Outcome()
-    run_dir = _fresh(settings.workdir / case.folder / "ilt")
-    if _timed_train(card, run_dir, settings.base_config(case.seed), outcome) is None:
+    run_dir = _fresh(settings.workdir / case.folder / ("ilt" if model is None else f"ilt-{model}"))
+    config = settings.base_config(case.seed)
+    if model is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=model))
+    if _timed_train(card, run_dir, config, outcome) is None:
         return outcome
     outcome.nan += _nonfinite(run_dir, ("loss", "log_sigma2"))
     scores: dict[str, dict[str, float]] = {}
@@ -686,6 +706,15 @@ METHODS: dict[str, Callable[[Settings, Case, Path, Path], Outcome]] = {
 }
 
 
+BACKBONE = "ilt:"  # a method "ilt:resnet18": ILT with --model resnet18
+
+
+def method_runner(method: str) -> Callable[[Settings, Case, Path, Path], Outcome]:
+    if method.startswith(BACKBONE):
+        return functools.partial(run_ilt, model=method.removeprefix(BACKBONE))
+    return METHODS[method]
+
+
 def _cleanlab_available() -> bool:
     try:
         import cleanlab.rank  # noqa: F401
@@ -744,7 +773,7 @@ def run_detection(settings: Settings, results: Results, counter: Iterator[str]) 
             if isinstance(data, str):  # the mode cannot corrupt this task: recorded, not retried
                 outcome = Outcome(status=SKIPPED, message=data)
             else:
-                outcome = METHODS[method](settings, case, *data)
+                outcome = method_runner(method)(settings, case, *data)
             results.add(
                 {
                     "key": key,
@@ -907,9 +936,21 @@ class Row:
         return self.score not in SCORES or self.score in scores_for(task_type)
 
 
-def _report_rows() -> list[Row]:
+def _report_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """The methods the tables report: the fixed ones, and each backbone found in ``records``."""
+    backbones = dict.fromkeys(r["method"] for r in records if str(r["method"]).startswith(BACKBONE))
+    extra = [
+        Row(
+            f"ILT params, `--model {m.removeprefix(BACKBONE)}` (`--by {DEFAULT_BY}`)",
+            m,
+            DEFAULT_BY,
+            f"ILT {m.removeprefix(BACKBONE)}",
+        )
+        for m in backbones
+    ]
     return [
         Row(f"ILT params (`--by {DEFAULT_BY}`, default)", "ilt", DEFAULT_BY, "ILT (default)"),
+        *extra,
         Row("small loss (same ILT run, `--by loss`)", "ilt", "loss", "small loss"),
         Row("AUM (same ILT run, `--by aum`)", "ilt", "aum", "AUM"),
         Row("`--weighting uncertainty` + loss", "uncertainty", "loss", "uncertainty"),
@@ -1113,7 +1154,7 @@ def _mode_rows(detection: list[dict[str, Any]]) -> list[list[str]]:
     ).items():
         by_method = _group(records, "method")
         cells = []
-        for column in _report_rows():
+        for column in _report_rows(detection):
             found = by_method.get((column.method,), [])
             figures = _figure(found, column.score, "detection_accuracy")
             applies = found and column.applies(kind)
@@ -1146,7 +1187,7 @@ def _modes_section(detection: list[dict[str, Any]], skipped: list[dict[str, Any]
         "classification only) or was not run.",
         "",
     ]
-    header = ["sample", "task", "mode", "corrupted", *[c.short for c in _report_rows()]]
+    header = ["sample", "task", "mode", "corrupted", *[c.short for c in _report_rows(detection)]]
     out += [_table([*header, "best other"], _mode_rows(detection)), ""]
     used = dict.fromkeys((r["task_type"], r["mode"]) for r in [*detection, *skipped])
     legend = [
@@ -1181,7 +1222,7 @@ def _detection_section(detection: list[dict[str, Any]]) -> list[str]:
     groups = _group(detection, "sample", "task", "task_type", "mode", "fraction")
     for (sample, task, kind, mode, fraction), records in groups.items():
         by_method = _group(records, "method")
-        for row in _report_rows():
+        for row in _report_rows(detection):
             found = by_method.get((row.method,), [])
             if not found or not row.applies(kind):
                 continue

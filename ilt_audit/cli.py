@@ -275,6 +275,100 @@ ByOption = Annotated[
 
 
 @app.command()
+def init(
+    path: Annotated[
+        Path, typer.Argument(help="A table (CSV, Parquet, JSON Lines) or a folder of images.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The dataset card (TOML) to write.")],
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task",
+            help="A table's task by hand: NAME=COLUMN:TYPE (regression: NAME=COL1,COL2:regression)"
+            "; TYPE classification, regression, segmentation or dense-regression (repeatable).",
+        ),
+    ] = None,
+    input_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="A table's input: its image column, or its feature columns (repeatable).",
+        ),
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="A table's column of unique instance ids.")
+    ] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option("--skip", help="Leave this column of a table out of the card (repeatable)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the card (and manifest) if they exist.")
+    ] = False,
+    allow_outside_paths: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-paths",
+            help="Let the card's paths lead outside its folder (writes allow_outside_paths = true).",
+        ),
+    ] = False,
+) -> None:
+    """Write a dataset card from a table, an ImageFolder tree or folders of images and masks.
+
+    Every inference is shown; an ambiguous column stops with the options that settle it.
+
+    Example: ilt-audit init path/to/images --out my.toml
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from ilt_audit.internal.console import err_console
+    from ilt_audit.layout import LayoutError, init_card
+
+    def _printable(text: str) -> str:  # a newline in a file name shows as \n
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+    def show(inferences: Any, title: str) -> None:
+        if not inferences:
+            return
+        table = Table(title=title)
+        choices = any(note.choices for note in inferences)  # a column only when one is ambiguous
+        for column in ("column", "inferred", "why", "choices")[: 4 if choices else 3]:
+            table.add_column(column, overflow="fold")
+        for note in inferences:
+            cells = [_printable(c) for c in (note.subject, note.decision, note.why)]
+            cells.append("\n".join(_printable(c) for c in note.choices))
+            table.add_row(*(Text(c) for c in cells[: 4 if choices else 3]))
+        Console().print(table)
+
+    try:
+        result = init_card(
+            path,
+            out=out,
+            tasks=task or (),
+            inputs=input_column or (),
+            id_column=id_column,
+            skip=skip or (),
+            force=force,
+            allow_outside_paths=allow_outside_paths,
+        )
+    except LayoutError as exc:
+        show(exc.inferences, f"What ilt-audit read in {_printable(str(path))}, so far")
+        raise
+    show(result.inferences, f"What ilt-audit read in {_printable(str(path))}")
+    wrote = _markup_safe(str(result.card))
+    if result.manifest is not None:
+        wrote += f" and its manifest {_markup_safe(str(result.manifest))}"
+    err_console.print(
+        f"[green]Wrote[/] {wrote} (checked: it loads). Next: ilt-audit train "
+        f"{_markup_safe(str(result.card))} --out runs/{_markup_safe(result.card.stem)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
 def train(
     card: Annotated[Path, typer.Argument(help="The dataset card (TOML).")],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write.")],
@@ -295,6 +389,20 @@ def train(
         ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size \\[default: 32].")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The image network: small (a small UNet), resnet18, resnet50 or convnext_tiny "
+            "(torchvision backbones with an FPN decoder) \\[default: small]."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="A backbone's starting weights: a state dict file, or imagenet (torchvision's, "
+            "from its cache; never downloaded) \\[default: none]."
+        ),
+    ] = None,
     lr: Annotated[
         float | None, typer.Option(help="Learning rate of the network \\[default: 1e-3].")
     ] = None,
@@ -329,6 +437,7 @@ def train(
 
     from ilt_audit.distributed import from_env
     from ilt_audit.internal.console import err_console
+    from ilt_audit.model import ModelConfig
     from ilt_audit.training import TrainConfig
     from ilt_audit.training import train as run_training
 
@@ -346,6 +455,7 @@ def train(
         "lr": lr,
         "ilt_lr": ilt_lr,
         "dwa_temperature": dwa_temperature,
+        "model": ModelConfig(name=model or "small", weights=weights) if model or weights else None,
     }
     config = dataclasses.replace(
         TrainConfig(

@@ -1,27 +1,78 @@
-"""The multi-task networks: an MLP for features, a small multi-task UNet for images.
+"""The multi-task networks: an MLP for features, a small multi-task UNet or a torchvision backbone
+for images.
 
-Both share one trunk across tasks (hard parameter sharing, paper section 4.1) and end in one head
-per task. For images, global tasks (classification, regression) read the bottleneck, dense tasks
-(segmentation, dense regression) read the last decoder layer, as in the paper's Multi-task UNet.
-The ILT parameters are not part of the model (see :mod:`ilt_audit.ilt_params`).
+Each shares one trunk across tasks (hard parameter sharing, paper section 4.1) and ends in one head
+per task. For images, global tasks (classification, regression) read the trunk's pooled features,
+dense tasks (segmentation, dense regression) a full-resolution map: the last decoder layer of the
+small UNet, as in the paper's Multi-task UNet, or a light FPN decoder over a backbone's stages.
+The ILT parameters are not part of the model (see :mod:`ilt_audit.ilt_params`): the method is the
+same whatever the network.
+
+Example:
+    >>> config = ModelConfig(name="resnet18", weights="imagenet")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ilt_audit.card import TaskSpec
+from ilt_audit.errors import OptionError
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    name: str = "small"  # small (MLP or UNet) | resnet18 | resnet50 | convnext_tiny
+    weights: str | None = None  # a backbone's starting weights: a state dict file, or "imagenet"
     hidden: int = 128  # MLP width
     depth: int = 2  # MLP hidden layers
     width: int = 16  # UNet channels at full resolution; doubled at each of the 3 levels
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to take four feature maps (strides 4, 8, 16, 32) out of a torchvision classifier."""
+
+    stages: tuple[str, str, str, str]  # the modules whose outputs are the feature maps
+    channels: tuple[int, int, int, int]  # their channels
+    classifier: str  # key prefix of the ImageNet classifier, which the network leaves out
+
+
+BACKBONES = {
+    "resnet18": BackboneSpec(("layer1", "layer2", "layer3", "layer4"), (64, 128, 256, 512), "fc."),
+    "resnet50": BackboneSpec(
+        ("layer1", "layer2", "layer3", "layer4"), (256, 512, 1024, 2048), "fc."
+    ),
+    "convnext_tiny": BackboneSpec(
+        ("features.1", "features.3", "features.5", "features.7"), (96, 192, 384, 768), "classifier."
+    ),
+}
+MODELS = ("small", *BACKBONES)
+FPN_WIDTH = 64  # channels of the dense decoder, whatever the backbone
+MIN_SIDE = (
+    32  # a backbone's total stride: smaller images are upsampled to it, so stage 4 has a cell
+)
+IMAGENET = "imagenet"
+
+
+def check_model(config: ModelConfig) -> ModelConfig:
+    """Reject an unknown ``--model`` and ``--weights`` without a backbone to load them into."""
+    if config.name not in MODELS:
+        raise OptionError(f"unknown model {config.name!r}; choose one of {', '.join(MODELS)}")
+    if config.weights is not None and config.name == "small":
+        raise OptionError(
+            f"--weights {config.weights}: the small network has no pretrained weights; "
+            f"choose a backbone with --model ({', '.join(BACKBONES)})"
+        )
+    return config
 
 
 class MLP(nn.Module):
@@ -105,6 +156,80 @@ class MultiTaskUNet(nn.Module):
         return out
 
 
+class FPN(nn.Module):
+    """A light feature-pyramid decoder: the backbone's four stages to one map at stride 4.
+
+    1x1 lateral convolutions bring every stage to ``width`` channels; from the coarsest stage down,
+    each level is upsampled and added to the next finer one; a 3x3 convolution smooths the sum.
+    """
+
+    def __init__(self, channels: tuple[int, ...], width: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in channels])
+        self.smooth = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        h = self.lateral[-1](stages[-1])  # (B, width, H/32, W/32)
+        for lateral, stage in zip(reversed(self.lateral[:-1]), reversed(stages[:-1]), strict=True):
+            h = lateral(stage) + F.interpolate(h, size=stage.shape[-2:], mode="nearest")
+        return self.smooth(h)  # (B, width, H/4, W/4)
+
+
+class Backbone(nn.Module):
+    """A torchvision backbone: global heads on its pooled last stage, dense heads on an FPN.
+
+    ``body`` holds the backbone's modules under torchvision's own names (its state dict is the
+    ImageNet file's without the classifier), so pretrained weights load as they are.
+    """
+
+    def __init__(self, name: str, heads: dict[str, int], dense: set[str]) -> None:
+        super().__init__()
+        import torchvision
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        spec = BACKBONES[name]
+        classifier = getattr(torchvision.models, name)(weights=None)  # never downloads
+        self.body = create_feature_extractor(classifier, {s: s for s in spec.stages})
+        self.stages = spec.stages
+        self.dense = dense
+        self.fpn = FPN(spec.channels, FPN_WIDTH) if dense else None  # no unused parameters (DDP)
+        self.heads = nn.ModuleDict(
+            {
+                task: nn.Conv2d(FPN_WIDTH, out, 1)
+                if task in dense
+                else nn.Linear(spec.channels[-1], out)
+                for task, out in heads.items()
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = x.shape[-2:]
+        if min(height, width) < MIN_SIDE:
+            scale = MIN_SIDE / min(height, width)
+            size = (math.ceil(height * scale), math.ceil(width * scale))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if x.is_cuda:  # the model is channels-last on CUDA (training.py): convolutions run NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.body(x)
+        stages = [features[s] for s in self.stages]  # (B, C_i, H/2^(i+2), W/2^(i+2)), i = 0..3
+        pooled = stages[-1].mean(dim=(2, 3))  # (B, C_4)
+        dense = self.fpn(stages) if self.fpn is not None else None  # (B, FPN_WIDTH, H/4, W/4)
+        out: dict[str, torch.Tensor] = {}
+        for name, head in self.heads.items():
+            if name in self.dense:
+                assert dense is not None
+                out[name] = F.interpolate(
+                    head(dense), size=(height, width), mode="bilinear", align_corners=False
+                )  # (B, C, H, W) at the input's own size
+            else:
+                out[name] = head(pooled)  # (B, out)
+        return out
+
+
 def build_model(
     input_type: str,
     in_features: int,
@@ -112,7 +237,94 @@ def build_model(
     heads: dict[str, int],
     config: ModelConfig,
 ) -> nn.Module:
-    """The network the input type calls for, with one head per task sized by ``heads``."""
+    """The network the input type and ``config.name`` call for, one head per task sized by
+    ``heads``. Built without pretrained weights (see :func:`pretrained_state`)."""
+    check_model(config)
     if input_type == "features":
+        if config.name != "small":
+            raise OptionError(
+                f"--model {config.name} needs images; a features card trains the small network "
+                "(an MLP): leave --model out"
+            )
         return MLP(in_features, heads, config)
-    return MultiTaskUNet(heads, {t.name for t in tasks if t.dense}, config)
+    dense = {t.name for t in tasks if t.dense}
+    if config.name == "small":
+        return MultiTaskUNet(heads, dense, config)
+    return Backbone(config.name, heads, dense)
+
+
+def describe(input_type: str, config: ModelConfig) -> str:
+    """The network's name, as config.json and the report show it."""
+    if input_type == "features":
+        return "MLP"
+    return "MultiTaskUNet" if config.name == "small" else f"{config.name} + FPN"
+
+
+def imagenet_file(name: str) -> tuple[Path, str]:
+    """Where torchvision keeps the ImageNet weights of backbone ``name`` once downloaded, and the
+    command that downloads them."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    command = (
+        f"python -c \"import torchvision; torchvision.models.{name}(weights='{weights.name}')\""
+    )
+    return path, command
+
+
+def pretrained_state(config: ModelConfig) -> dict[str, torch.Tensor] | None:
+    """The starting weights ``config.weights`` names, checked against the backbone's modules: a
+    state dict for :func:`load_pretrained`, or None when there are none.
+
+    A file is read with ``weights_only=True``; ``imagenet`` is torchvision's file in its cache
+    (``$TORCH_HOME/hub/checkpoints``), never downloaded. The ImageNet classifier's keys, when
+    present, are left out; any other missing, unexpected or misshapen key is an :class:`OptionError`
+    naming the file and the first such key.
+    """
+    if config.weights is None:
+        return None
+    if config.weights == IMAGENET:
+        path, command = imagenet_file(config.name)
+        if not path.is_file():
+            raise OptionError(
+                f"--weights imagenet: torchvision's ImageNet weights for {config.name} are not in "
+                f"its cache ({path} is missing), and ilt-audit never downloads. Download them once "
+                f"with: {command}"
+            )
+    else:
+        path = Path(config.weights)
+        if not path.is_file():
+            raise OptionError(f"--weights {path}: no such file")
+    try:
+        raw: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle of arbitrary objects, a truncated or foreign file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OptionError(
+            f"--weights {path}: not a state dict that loads with weights_only=True: {first_line}"
+        ) from None
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise OptionError(f"--weights {path}: not a state dict (names to tensors)")
+    classifier = BACKBONES[config.name].classifier
+    state = {k: v for k, v in raw.items() if not k.startswith(classifier)}
+    expected = Backbone(config.name, {}, set()).body.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise OptionError(f"--weights {path}: no {key!r}, which --model {config.name} needs")
+        if state[key].shape != tensor.shape:
+            raise OptionError(
+                f"--weights {path}: {key!r} has shape {tuple(state[key].shape)}, --model "
+                f"{config.name} needs {tuple(tensor.shape)}"
+            )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise OptionError(
+            f"--weights {path}: {unexpected[0]!r} is not a parameter of --model {config.name}"
+        )
+    return state
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy the weights :func:`pretrained_state` returned into a backbone's body."""
+    assert isinstance(model, Backbone)
+    model.body.load_state_dict(state)

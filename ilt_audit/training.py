@@ -55,7 +55,14 @@ from ilt_audit.internal.lock import LOCK_FILE, run_lock
 from ilt_audit.losses import instance_losses, likelihood_scale, margin, margin_columns
 from ilt_audit.manifest import load_manifest
 from ilt_audit.metrics import task_metrics
-from ilt_audit.model import ModelConfig, build_model
+from ilt_audit.model import (
+    ModelConfig,
+    build_model,
+    check_model,
+    describe,
+    load_pretrained,
+    pretrained_state,
+)
 from ilt_audit.rundir import CHECKPOINT, read_config, read_metrics, write_config, write_metrics
 from ilt_audit.trajectories import TrajectoryWriter, epoch_files
 from ilt_audit.weighting import (
@@ -95,6 +102,7 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         check_weighting(self.weighting)
+        check_model(self.model)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise OptionError(
@@ -241,6 +249,8 @@ class _Run:
         self.autocast = resolve_precision(config.precision, device)
         set_seed(config.seed)
         self.model = build_network(data, config).to(device)
+        if device.type == "cuda" and config.model.name != "small":  # NHWC convolutions
+            self.model.to(memory_format=torch.channels_last)
         scale = likelihood_scale(self.tasks)
         n, k = len(data.train_index), len(self.tasks)
         self.params: InstanceParams | None = None
@@ -358,7 +368,7 @@ def _config_json(
         "tasks": [{"name": t.name, "type": t.type} for t in card.tasks],
         "class_names": {k: list(v) for k, v in data.manifest.class_names.items()},
         "instances": {"train": len(data.train_index), "val": len(data.val_index)},
-        "model": "MLP" if card.input.type == "features" else "MultiTaskUNet",
+        "model": describe(card.input.type, config.model),
         "normalisation": data.norm.to_dict(),
         "versions": {
             "ilt_audit": __version__,
@@ -483,6 +493,8 @@ def _train(
             saved_norm = saved_normalisation(out)
         config = (config or TrainConfig()).check()
         device = resolve_device(config.device, place)
+        # a new run's starting weights, checked before the data pass; a resumed run has its own
+        pretrained = pretrained_state(config.model) if state is None else None
         manifest = load_manifest(card, check_files=False)
         # one stat per file, before the pass reads them: the record and the pass's cache key
         stats = file_stats(manifest) if place.main else None
@@ -496,6 +508,8 @@ def _train(
         manifest, workers=config.workers, norm=saved_norm, rescan=rescan, place=place, stats=stats
     )
     run = _Run(data, config, device, place)
+    if pretrained is not None:
+        load_pretrained(run.model, pretrained)
     config_json = _config_json(card, data, config, device, place)
     metrics: list[dict[str, Any]] = []
     start_epoch = 1
