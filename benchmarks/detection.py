@@ -1584,7 +1584,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(settings: Settings) -> int:
     started = time.perf_counter()
     settings.workdir.mkdir(parents=True, exist_ok=True)
-    results = Results(settings.workdir / RESULTS, settings.resume)
+    results = Results(settings.workdir / RESULTS, settings.resume or settings.report_only)
     for sample in settings.samples:  # a package's dataset is written into the work folder once
         if sample.write is not None and not sample.card.is_file():
             sample.write(sample.card)
