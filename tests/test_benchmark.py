@@ -183,3 +183,37 @@ def test_benchmark_digits_is_a_features_card_from_scikit_learn(bench, tmp_path: 
     assert "| digits | digit (classification) | `permutation` (paper) | 40% |" in (
         out_md.read_text(encoding="utf-8")
     )
+
+
+def test_a_backbone_column_then_a_report_only_block_beside_the_rest(
+    bench, tmp_path: Path, make_image_card
+) -> None:
+    card = make_image_card(tmp_path / "tiny", n=12)
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    args = [
+        "--samples", str(card), "--tasks", "colour", "--seeds", "1", "--fractions", "0.4",
+        "--epochs", "1", "--no-quality", "--no-cleanlab", "--no-mao", "--threads", "1",
+        "--backbones", "resnet18", "--workdir", str(workdir),
+    ]  # fmt: skip
+    assert bench.main([*args, "--out-md", str(tmp_path / "run.md")]) == 0
+    results = (workdir / "results.jsonl").read_text()
+    methods = {json.loads(line)["method"] for line in results.splitlines()}
+    assert methods == {"ilt", "ilt:resnet18", "uncertainty"}
+    config = json.loads((next(workdir.rglob("ilt-resnet18/config.json"))).read_text())
+    assert config["options"]["model"]["name"] == "resnet18"
+
+    out_md.write_text("# Mine\n\nKept as it is.\n", encoding="utf-8")
+    assert bench.main([*args, "--report-only", "--block", "mine", "--out-md", str(out_md)]) == 0
+    assert (workdir / "results.jsonl").read_text() == results  # nothing ran again
+    markdown = out_md.read_text(encoding="utf-8")
+    assert markdown.startswith("# Mine\n\nKept as it is.\n")
+    assert "<!-- mine:start -->" in markdown and "<!-- mine:end -->" in markdown
+    assert "`--model resnet18` beside" in markdown
+    header = _table_rows(markdown, "issue 12)")
+    assert header and header[0][5] != "—"  # the ILT resnet18 column has the figure
+
+
+def test_report_only_needs_a_work_folder(bench, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--samples", "penguins", "--report-only", "--out-md", str(tmp_path / "x.md")])
+    assert exit_info.value.code == 2
