@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from ilt_audit.card import TaskSpec
 from ilt_audit.errors import CardError, OptionError
-from ilt_audit.gate import _xml  # text XML 1.0 can hold; a choice's label is kept the same in JSON
+from ilt_audit.internal.markup import xml_text  # a choice's label is the same in JSON and XML
 from ilt_audit.manifest import Manifest, label_texts
 from ilt_audit.ranking import DEFAULT_BY, rank
 from ilt_audit.rundir import RunLike, open_run
@@ -103,7 +103,7 @@ class _Row:
 def _choices(row: _Row) -> list[dict[str, Any]]:
     column = row.manifest.frame[row.task.column]
     label = label_texts(column.iloc[[row.position]]).iloc[0]  # its class name: 3.0 reads "3"
-    return [_result(row.task.name, "choices", {"choices": [_xml(label)]}, f"{row.task.name}-0")]
+    return [_result(row.task.name, "choices", {"choices": [xml_text(label)]}, f"{row.task.name}-0")]
 
 
 def _numbers(row: _Row) -> list[dict[str, Any]]:
@@ -145,12 +145,12 @@ def _choices_xml(view: ET.Element, task: TaskSpec, manifest: Manifest) -> None:
         view, "Choices", name=task.name, toName=INPUT, choice="single", showInline="true"
     )
     for name in manifest.class_names[task.name]:
-        ET.SubElement(choices, "Choice", value=_xml(name))  # as in the results
+        ET.SubElement(choices, "Choice", value=xml_text(name))  # as in the results
 
 
 def _numbers_xml(view: ET.Element, task: TaskSpec, manifest: Manifest) -> None:
     for i, column in enumerate(task.columns):  # no step: Label Studio's default of 1 refuses 0.5
-        ET.SubElement(view, "Header", value=_xml(f"{task.name}: {column}"), size="6")
+        ET.SubElement(view, "Header", value=xml_text(f"{task.name}: {column}"), size="6")
         ET.SubElement(view, "Number", name=_number_name(task, i), toName=INPUT)
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ilt_audit.errors import OptionError
+from ilt_audit.internal.markup import xml_text
 from ilt_audit.ranking import (
     DEFAULT_BY,
     SCORES,
@@ -333,7 +334,7 @@ def junit_xml(result: GateResult, *, top: int = 50) -> str:
     suite = ET.SubElement(
         suites,
         "testsuite",
-        name=_xml(f"ilt-audit gate {result.run_dir}"),
+        name=xml_text(f"ilt-audit gate {result.run_dir}"),
         tests=tests,
         failures=failures,
         errors="0",
@@ -348,31 +349,23 @@ def junit_xml(result: GateResult, *, top: int = 50) -> str:
         ("epochs_planned", result.epochs[1]),
         ("partial", "true" if result.partial_note else "false"),
     ):
-        ET.SubElement(properties, "property", name=key, value=_xml(value))
+        ET.SubElement(properties, "property", name=key, value=xml_text(value))
     partial = f"\n{result.partial_note}" if result.partial_note else ""
     for t in result.tasks:
-        case = ET.SubElement(suite, "testcase", classname="ilt-audit.gate", name=_xml(t.task))
+        case = ET.SubElement(suite, "testcase", classname="ilt-audit.gate", name=xml_text(t.task))
         if not t.passed:
             failure = ET.SubElement(
-                case, "failure", type="SuspectLabels", message=_xml(_verdict_line(t))
+                case, "failure", type="SuspectLabels", message=xml_text(_verdict_line(t))
             )
-            failure.text = _xml(_suspect_lines(t, top) + partial)
+            failure.text = xml_text(_suspect_lines(t, top) + partial)
         out = ET.SubElement(case, "system-out")
-        out.text = _xml(
+        out.text = xml_text(
             f"{_verdict_line(t)}; suspect when {result.score} > {t.cutoff.threshold:.4g}{partial}"
         )
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
     )
-
-
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _xml(text: Any) -> str:
-    """Text XML 1.0 can hold: each character it cannot (NUL, ESC, a lone surrogate) as U+FFFD."""
-    return _NOT_XML.sub("\ufffd", str(text))
 
 
 def _suspect_lines(t: TaskGate, top: int) -> str:
