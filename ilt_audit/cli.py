@@ -849,10 +849,11 @@ def review(
     from ilt_audit.internal.files import check_output
 
     run = _open(run_dir, allow_partial)
+    who = reviewer or getpass.getuser()
     if export is not None or import_ is not None:
         store = DecisionStore(run.path)
         if import_ is not None:
-            count = store.import_csv(import_, run.manifest("to check the decisions"))
+            count = store.import_csv(import_, run.manifest("to check the decisions"), reviewer=who)
             err_console.print(f"Recorded {count} decision(s) from {_markup_safe(str(import_))}")
         if export is not None:
             check_output(export)
@@ -863,9 +864,7 @@ def review(
 
     loopback = host in ("127.0.0.1", "localhost", "::1")
     sock = bind(host, port)
-    opened = open_review(
-        run, top=top, by=by, reviewer=reviewer or getpass.getuser(), allow_partial=allow_partial
-    )
+    opened = open_review(run, top=top, by=by, reviewer=who, allow_partial=allow_partial)
     names = [t.name for t in opened.tasks]
     if task is not None and task not in names:
         sock.close()

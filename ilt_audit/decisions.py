@@ -226,17 +226,18 @@ class DecisionStore:
         write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
         return len(frame)
 
-    def import_csv(self, path: Path, manifest: Manifest) -> int:
+    def import_csv(self, path: Path, manifest: Manifest, *, reviewer: str = "") -> int:
         """Check every row of a decisions CSV, then record them all, or nothing.
 
         The file has the columns ``id, task, decision`` and optionally ``value, reviewer,
-        time``. A bad row stops the import with its line number, id and column.
+        time``; ``reviewer`` names the rows that name none. A bad row stops the import with its
+        line number, id and column.
         """
-        decisions = list(_read_csv(path, manifest))
+        decisions = list(_read_csv(path, manifest, reviewer))
         return self.record(decisions)
 
 
-def _read_csv(path: Path, manifest: Manifest) -> Iterator[Decision]:
+def _read_csv(path: Path, manifest: Manifest, reviewer: str) -> Iterator[Decision]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -266,7 +267,7 @@ def _read_csv(path: Path, manifest: Manifest) -> Iterator[Decision]:
                     task=row["task"] or "",
                     decision=(row["decision"] or "").strip().lower(),
                     value=row.get("value") or None,
-                    reviewer=row.get("reviewer") or "",
+                    reviewer=row.get("reviewer") or reviewer,
                     time=row.get("time") or "",
                 )
                 try:

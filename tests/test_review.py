@@ -407,3 +407,14 @@ def test_starting_the_app_imports_no_torch(served: Served) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_import_without_reviewers_records_the_one_who_imports(
+    served: Served, cli: object, tmp_path: Path
+) -> None:
+    ids = served.review.manifest.ids
+    plain = tmp_path / "plain.csv"
+    plain.write_text(f"id,task,decision\n{ids[0]},colour,keep\n", encoding="utf-8")
+    result = cli("review", served.run, "--import", plain, "--reviewer", "ana")
+    assert result.exit_code == 0, result.stderr
+    assert DecisionStore(served.run).latest().reviewer.tolist() == ["ana"]
