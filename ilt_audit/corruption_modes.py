@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from ilt_audit.card import TaskSpec
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.internal.console import track
-from ilt_audit.internal.derived import Output, label_value, save_npy, save_png
+from ilt_audit.internal.derived import Output, save_npy, save_png, write_classes
 from ilt_audit.manifest import Manifest
 
 Noise = Callable[[np.ndarray, Any, Any, np.random.Generator], np.ndarray]
@@ -126,12 +126,7 @@ def _relabel(
         index = output.manifest.class_index(task)  # (N,)
         new = choose(index[rows], stats, rng)  # (k,)
         assert (new != index[rows]).all()
-        column = output.frame[task.column]
-        as_found = {names[i]: value for i, value in zip(index, column, strict=True)}
-        values = column.tolist()
-        for row, target in zip(rows, new, strict=True):
-            values[row] = label_value(names[target], column.dtype, as_found)
-        output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
+        write_classes(output, task, rows.tolist(), [names[target] for target in new])
         return [f"{names[a]}→{names[b]}" for a, b in zip(index[rows], new, strict=True)]
 
     return apply

@@ -56,9 +56,9 @@ from ilt_audit.errors import RunDirError
 from ilt_audit.internal.derived import (
     Output,
     check_out,
-    label_value,
     save_npy,
     save_png,
+    write_classes,
     write_derived,
 )
 from ilt_audit.internal.toml import toml_string
@@ -235,15 +235,7 @@ Predictions = dict[tuple[str, int], np.ndarray]  # (task, row) -> (H, W) in the 
 
 def _relabel_class(output: Output, task: TaskSpec, relabel: Relabel, _: Predictions) -> None:
     """The new class in the column's own representation (ints stay ints, text stays text)."""
-    names = output.manifest.class_names[task.name]
-    column = output.frame[task.column]
-    index = output.manifest.class_index(task)  # (N,)
-    as_found = {names[i]: value for i, value in zip(index, column, strict=True)}
-    values = column.tolist()
-    for row, name in relabel:
-        assert name is not None
-        values[row] = label_value(name, column.dtype, as_found)
-    output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
+    write_classes(output, task, [row for row, _ in relabel], [str(name) for _, name in relabel])
 
 
 def _relabel_numbers(output: Output, task: TaskSpec, relabel: Relabel, _: Predictions) -> None:

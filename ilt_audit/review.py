@@ -31,6 +31,7 @@ import math
 import secrets
 import socket
 import sqlite3
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ from ilt_audit.trajectories import read_matrix
 from ilt_audit.views import (
     Numbers,
     PredictionsUnavailable,
+    Predictor,
     depth_rgb,
     feature_text,
     input_image,
@@ -67,7 +69,6 @@ from ilt_audit.views import (
     mask_rgb,
     mask_rgba,
     png_uri,
-    predict_instances,
 )
 
 PACKAGE = Path(__file__).parent
@@ -133,6 +134,8 @@ class Review:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     predictions_note: str | None = None
     _predicted: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    _predictor: Predictor | None = None  # loaded on the first page that shows predictions
+    _predicting: threading.Lock = field(default_factory=threading.Lock)  # pages run in threads
     _rows: pd.Index | None = None
 
     @property
@@ -274,10 +277,16 @@ class Review:
 
     def predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Per instance id, the model's output per task; empty when the model cannot be used."""
+        with self._predicting:  # one model, one cache, whichever thread serves the page
+            return self._predictions(ids)
+
+    def _predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         missing = [i for i in ids if i not in self._predicted]
         if missing and self.predictions_note is None:
             try:
-                found = predict_instances(self.run, self.manifest, missing)
+                if self._predictor is None:
+                    self._predictor = Predictor(self.run, self.manifest)
+                found = self._predictor(missing)
             except PredictionsUnavailable as exc:
                 self.predictions_note = str(exc)
             else:

@@ -197,15 +197,10 @@ def saved_normalisation(run_dir: str | Path) -> Normalisation | None:
     return Normalisation.from_dict(raw) if raw else None
 
 
-@torch.no_grad()
-def predict(run_dir: str | Path, data: Dataset, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The outputs of a finished run's network on some rows: task -> (R, out) logits or values.
-
-    The network is rebuilt as training built it and loaded from ``checkpoint.pt`` with
-    ``weights_only=True``. ``data`` must be loaded from the card the run was trained on with the
-    run's normalisation (:func:`saved_normalisation`); only ``rows`` are decoded. Regression
-    outputs are in normalised units.
-    """
+def load_model(run_dir: str | Path, data: Dataset) -> nn.Module:
+    """A finished run's network, rebuilt as training built it and loaded from ``checkpoint.pt``
+    with ``weights_only=True``, in eval mode. ``data`` must be loaded from the card the run was
+    trained on with the run's normalisation (:func:`saved_normalisation`)."""
     state = load_checkpoint(Path(run_dir) / CHECKPOINT)
     try:
         config = config_from_dict(state["config"]["options"])
@@ -216,7 +211,19 @@ def predict(run_dir: str | Path, data: Dataset, rows: torch.Tensor) -> dict[str,
         raise RunDirError(
             f"{run_dir}: the checkpoint does not fit this dataset: {first_line}"
         ) from None
-    model.eval()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(
+    run_dir: str | Path | nn.Module, data: Dataset, rows: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The outputs of a finished run's network on some rows: task -> (R, out) logits or values.
+
+    ``run_dir`` is the run (its network is loaded by :func:`load_model`) or a network loaded
+    once already; only ``rows`` are decoded. Regression outputs are in normalised units.
+    """
+    model = run_dir if isinstance(run_dir, nn.Module) else load_model(run_dir, data)
     tasks = data.card.tasks
     parts: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
     for batch in make_loader(data.instances(rows.numpy()), batch_size=256, workers=0):

@@ -182,53 +182,69 @@ def label_map(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
 # --- predictions -----------------------------------------------------------------------------
 
 
+class Predictor:
+    """A run's network and the data it reads, loaded once: the model's output for any
+    instances, per task, in the label's units (a :class:`ClassGuess`, :class:`Numbers`, a mask of
+    class indices or a depth map).
+
+    The model is rebuilt as training built it and loaded from ``checkpoint.pt`` with
+    ``weights_only=True``; the inputs are normalised with the statistics saved in ``config.json``
+    (runs from before 0.2 have none: their data set is scanned again). Raises
+    :class:`PredictionsUnavailable` when that is impossible (no checkpoint, the card changed, a
+    checkpoint that does not fit).
+    """
+
+    def __init__(self, run: Run, manifest: Manifest) -> None:
+        if not (run.path / CHECKPOINT).is_file():
+            raise PredictionsUnavailable(
+                f"No {CHECKPOINT} in the run directory: the model's predictions are not shown."
+            )
+        if manifest.card.sha256() != run.config["card"].get("sha256"):
+            raise PredictionsUnavailable(
+                f"The dataset card or its manifest changed since training ({manifest.card.path}): "
+                "labels are shown as they are now, and the model's predictions are not shown."
+            )
+        from ilt_audit.data import Normalisation, load_dataset
+        from ilt_audit.training import load_model
+
+        saved = run.config.get("normalisation")
+        if saved:
+            self.data = load_dataset(manifest, norm=Normalisation.from_dict(saved), scan=False)
+        else:
+            self.data = load_dataset(manifest)
+        try:
+            self.model = load_model(run.path, self.data)
+        except RunDirError as exc:
+            reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])[:200]  # no colours
+            raise PredictionsUnavailable(
+                f"The model could not be loaded ({reason}); predictions are not shown."
+            ) from None
+        self.ids = pd.Index(self.data.ids)
+
+    def __call__(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per task, per instance id, the model's output in the label's units."""
+        import torch
+
+        from ilt_audit.training import predict
+
+        wanted = pd.Index(pd.unique(pd.Series(list(ids), dtype=object)))
+        rows = torch.from_numpy(self.ids.get_indexer(wanted).astype("int64"))
+        outputs = predict(self.model, self.data, rows)
+        keys = wanted.tolist()
+        return {
+            task.name: dict(
+                zip(keys, _DECODE[task.type](task, self.data, outputs[task.name]), strict=True)
+            )
+            for task in self.data.card.tasks
+        }
+
+
 def predict_instances(
     run: Run, manifest: Manifest, ids: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """The model's output for some instances, per task, in the label's units: a
-    :class:`ClassGuess`, :class:`Numbers`, a mask of class indices or a depth map.
-
-    The model is rebuilt as training built it and loaded from ``checkpoint.pt`` with
-    ``weights_only=True``; only these instances are decoded, normalised with the statistics saved
-    in ``config.json`` (runs from before 0.2 have none: their data set is scanned again). Raises
-    :class:`PredictionsUnavailable` when that is impossible (no checkpoint, the card changed).
-    """
-    path = run.path / CHECKPOINT
-    card = manifest.card
-    if not path.is_file():
-        raise PredictionsUnavailable(
-            f"No {CHECKPOINT} in the run directory: the model's predictions are not shown."
-        )
-    if card.sha256() != run.config["card"].get("sha256"):
-        raise PredictionsUnavailable(
-            f"The dataset card or its manifest changed since training ({card.path}): labels are "
-            "shown as they are now, and the model's predictions are not shown."
-        )
-    import torch  # only now: a page without predictions never pays for it
-
-    from ilt_audit.data import Normalisation, load_dataset
-    from ilt_audit.training import predict
-
-    saved = run.config.get("normalisation")
-    if saved:
-        data = load_dataset(manifest, norm=Normalisation.from_dict(saved), scan=False)
-    else:
-        data = load_dataset(manifest)
-    wanted = pd.Index(pd.unique(pd.Series(list(ids), dtype=object)))
-    rows = torch.from_numpy(pd.Index(data.ids).get_indexer(wanted).astype("int64"))
-    try:
-        outputs = predict(run.path, data, rows)
-    except RunDirError as exc:
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])[:200]  # no terminal codes
-        raise PredictionsUnavailable(
-            f"The model could not be loaded ({reason}); predictions are not shown."
-        ) from None
-    keys = wanted.tolist()
-    result: dict[str, dict[str, Any]] = {}
-    for task in card.tasks:
-        decoded = _DECODE[task.type](task, data, outputs[task.name])
-        result[task.name] = dict(zip(keys, decoded, strict=True))
-    return result
+    """The model's output for some instances, loading the model for them alone
+    (:class:`Predictor` keeps it for more)."""
+    return Predictor(run, manifest)(ids)
 
 
 def _unscale(task: TaskSpec, data: Any, y: Any) -> np.ndarray:

@@ -418,3 +418,24 @@ def test_an_import_without_reviewers_records_the_one_who_imports(
     result = cli("review", served.run, "--import", plain, "--reviewer", "ana")
     assert result.exit_code == 0, result.stderr
     assert DecisionStore(served.run).latest().reviewer.tolist() == ["ana"]
+
+
+def test_the_model_is_loaded_once_for_every_page(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ilt_audit.training as training
+
+    loads = []
+    real = training.load_model
+
+    def counted(*args: object, **kwargs: object) -> object:
+        loads.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "load_model", counted)
+    served.review._predictor = None  # as a fresh server (the fixture's first request loaded it)
+    served.review._predicted.clear()
+    for task in ("colour", "seg", "depth", "colour"):
+        status, html, _ = _get(served.url + f"tasks/{task}?page=2")
+        assert status == 200 and "prediction over input" in html or "predicted" in html
+    assert len(loads) == 1

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,21 @@ def label_value(name: str, dtype: Any, as_found: dict[str, Any]) -> Any:
     if pd.api.types.is_float_dtype(dtype):
         return float(name)
     return as_found.get(name, name)
+
+
+def write_classes(output: Output, task: TaskSpec, rows: Sequence[int], new: Sequence[str]) -> None:
+    """Give some rows of a classification task new classes (by name), each written as the
+    label column writes that class: ints stay ints, text stays text, ``"3.0"`` stays ``"3.0"``."""
+    names = output.manifest.class_names[task.name]
+    column = output.frame[task.column]
+    index = output.manifest.class_index(task)  # (N,)
+    present, first_from_end = np.unique(index[::-1], return_index=True)
+    last = len(index) - 1 - first_from_end  # (C',) each present class's last row
+    as_found = {names[c]: column.iloc[r] for c, r in zip(present, last, strict=True)}
+    values = column.tolist()
+    for row, name in zip(rows, new, strict=True):
+        values[row] = label_value(name, column.dtype, as_found)
+    output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
 
 
 def save_png(array: np.ndarray, dtype: Any, path: Path) -> None:
