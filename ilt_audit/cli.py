@@ -400,9 +400,18 @@ def train(
         str | None,
         typer.Option(
             help="A backbone's starting weights: a state dict file, or imagenet (torchvision's, "
-            "from its cache; never downloaded) \\[default: none]."
+            "downloaded once into its cache, hash checked) \\[default: none]."
         ),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            envvar="ILT_AUDIT_OFFLINE",
+            help="Never download: --weights imagenet must be in torchvision's cache already "
+            "(if not, exit 2 naming the file to put there and its URL).",
+        ),
+    ] = False,
     lr: Annotated[
         float | None, typer.Option(help="Learning rate of the network \\[default: 1e-3].")
     ] = None,
@@ -455,7 +464,9 @@ def train(
         "lr": lr,
         "ilt_lr": ilt_lr,
         "dwa_temperature": dwa_temperature,
-        "model": ModelConfig(name=model or "small", weights=weights) if model or weights else None,
+        "model": ModelConfig(name=model or "small", weights=weights, offline=offline)
+        if model or weights
+        else None,
     }
     config = dataclasses.replace(
         TrainConfig(

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from ilt_audit.card import TaskSpec
 from ilt_audit.errors import OptionError
+from ilt_audit.internal.console import err_console
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ModelConfig:
     hidden: int = 128  # MLP width
     depth: int = 2  # MLP hidden layers
     width: int = 16  # UNet channels at full resolution; doubled at each of the 3 levels
+    offline: bool = False  # weights="imagenet" from torchvision's cache only, never downloaded
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ MIN_SIDE = (
     32  # a backbone's total stride: smaller images are upsampled to it, so stage 4 has a cell
 )
 IMAGENET = "imagenet"
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")  # torch.hub's check_hash: name-<sha256 prefix>.ext
 
 
 def check_model(config: ModelConfig) -> ModelConfig:
@@ -261,37 +265,75 @@ def describe(input_type: str, config: ModelConfig) -> str:
 
 
 def imagenet_file(name: str) -> tuple[Path, str]:
-    """Where torchvision keeps the ImageNet weights of backbone ``name`` once downloaded, and the
-    command that downloads them."""
+    """Where torchvision keeps the ImageNet weights of backbone ``name``
+    (``$TORCH_HOME/hub/checkpoints``), and the URL it downloads them from."""
     import torchvision
 
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    command = (
-        f"python -c \"import torchvision; torchvision.models.{name}(weights='{weights.name}')\""
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name, url
+
+
+def _reason(exc: Exception) -> str:
+    """An exception's first line, or its type when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _imagenet_weights(name: str, *, offline: bool) -> Path:
+    """The file of :func:`imagenet_file`, downloaded into torchvision's cache unless it is there.
+
+    The download is torch.hub's, as torchvision's own ``weights=`` makes it: to a temporary file
+    moved onto the cached name only when complete and its SHA-256 starts with the digits the name
+    carries, so a failed or corrupted download never becomes the cached file.
+    """
+    path, url = imagenet_file(name)
+    if path.is_file():
+        return path
+    elsewhere = f"on a machine with a network, download {url} and put it at {path}"
+    if offline:
+        raise OptionError(
+            f"--weights imagenet: torchvision's ImageNet weights for {name} are not in its cache, "
+            f"and --offline (or ILT_AUDIT_OFFLINE=1) forbids downloading them; {elsewhere}"
+        )
+    digits = HASH_IN_NAME.search(path.name)
+    assert digits is not None, f"{url} does not follow torch.hub's naming"
+    err_console.print(
+        f"Downloading torchvision's ImageNet weights for {name} (once): {url} to {path}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
-    return path, command
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(
+            url, str(path), digits.group(1), progress=err_console.is_terminal
+        )
+    except Exception as exc:  # no network, an HTTP error, a hash mismatch, a full disk
+        raise OptionError(
+            f"--weights imagenet: downloading {url} failed: {_reason(exc)}; {elsewhere}, "
+            "then train with --offline"
+        ) from None
+    return path
 
 
 def pretrained_state(config: ModelConfig) -> dict[str, torch.Tensor] | None:
     """The starting weights ``config.weights`` names, checked against the backbone's modules: a
     state dict for :func:`load_pretrained`, or None when there are none.
 
-    A file is read with ``weights_only=True``; ``imagenet`` is torchvision's file in its cache
-    (``$TORCH_HOME/hub/checkpoints``), never downloaded. The ImageNet classifier's keys, when
-    present, are left out; any other missing, unexpected or misshapen key is an :class:`OptionError`
-    naming the file and the first such key.
+    A file is read with ``weights_only=True``. ``imagenet`` is torchvision's file in its cache
+    (``$TORCH_HOME/hub/checkpoints``), downloaded there once, hash checked, when it is missing;
+    with ``config.offline`` a missing file is an :class:`OptionError` naming the path to put it
+    at and the URL to fetch it from. The ImageNet classifier's keys, when present, are left out;
+    any other missing, unexpected or misshapen key is an :class:`OptionError` naming the file and
+    the first such key.
+
+    Example:
+        >>> state = pretrained_state(ModelConfig("resnet18", "imagenet"))  # doctest: +SKIP
     """
     if config.weights is None:
         return None
     if config.weights == IMAGENET:
-        path, command = imagenet_file(config.name)
-        if not path.is_file():
-            raise OptionError(
-                f"--weights imagenet: torchvision's ImageNet weights for {config.name} are not in "
-                f"its cache ({path} is missing), and ilt-audit never downloads. Download them once "
-                f"with: {command}"
-            )
+        path = _imagenet_weights(config.name, offline=config.offline)
     else:
         path = Path(config.weights)
         if not path.is_file():
@@ -299,9 +341,8 @@ def pretrained_state(config: ModelConfig) -> dict[str, torch.Tensor] | None:
     try:
         raw: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle of arbitrary objects, a truncated or foreign file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OptionError(
-            f"--weights {path}: not a state dict that loads with weights_only=True: {first_line}"
+            f"--weights {path}: not a state dict that loads with weights_only=True: {_reason(exc)}"
         ) from None
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise OptionError(f"--weights {path}: not a state dict (names to tensors)")

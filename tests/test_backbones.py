@@ -1,9 +1,14 @@
 """`train --model` and `--weights`: every network trains, checkpoints and resumes on the CPU;
-pretrained weights load from a file or torchvision's cache, and never from the network."""
+pretrained weights load from a file or torchvision's cache, downloaded into it once (`--offline`:
+never). The tests never touch the network: downloads are served by stand-ins."""
 
 from __future__ import annotations
 
+import email.message
+import hashlib
+import io
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -48,10 +53,11 @@ def _torchvision_state(name: str, seed: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any attempt to download fails the test."""
+    """Any attempt to download fails the test (``pytest.fail``, which no ``except Exception``
+    turns into an error message)."""
 
     def refuse(*args, **kwargs):
-        raise AssertionError("ilt-audit tried to download")
+        pytest.fail("ilt-audit tried to download")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
@@ -143,6 +149,7 @@ def test_training_starts_from_the_weights_file(cli, card32, tmp_path):
         "hidden": 128,
         "depth": 2,
         "width": 16,
+        "offline": False,
     }
     trained = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     weight = "features.1.0.block.0.weight"  # a convolution of the first stage
@@ -206,36 +213,154 @@ def test_an_unexpected_key_in_the_weights_file_is_named(tmp_path):
 
 # --- --weights imagenet -------------------------------------------------------------------------
 
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
 
-def test_imagenet_weights_not_in_the_cache_exit_2_with_the_download_command(
-    cli, card32, tmp_path, monkeypatch, no_network
+
+@pytest.fixture
+def checkpoints(tmp_path, monkeypatch):
+    """An empty torchvision cache: the folder its ImageNet files go in (not created)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """torch.hub's download, replaced: it records ``(url, hash_prefix)`` and writes a resnet18
+    state dict where it was asked to."""
+    calls: list[tuple[str, str | None]] = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        torch.save(_torchvision_state("resnet18", seed=7), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return calls
+
+
+def test_imagenet_weights_in_the_cache_are_used(
+    card32, tmp_path, tiny, checkpoints, monkeypatch, no_network
 ):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    run = tmp_path / "run"
-    result = cli("train", card32, "--out", run, "--model", "resnet50", "--weights", "imagenet")
-    assert result.exit_code == 2
-    missing = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
-    assert result.err == (
-        "Error: --weights imagenet: torchvision's ImageNet weights for resnet50 are not in its "
-        f"cache ({missing} is missing), and ilt-audit never downloads. Download them once with: "
-        "python -c \"import torchvision; torchvision.models.resnet50(weights='IMAGENET1K_V2')\""
-    )
-    assert not (run / "config.json").exists()
-
-
-def test_imagenet_weights_in_the_cache_are_used(card32, tmp_path, tiny, monkeypatch, no_network):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path, _ = imagenet_file("resnet18")
-    assert path == tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path, url = imagenet_file("resnet18")
+    assert (path, url) == (checkpoints / "resnet18-f37072fd.pth", RESNET18_URL)
     path.parent.mkdir(parents=True)
     saved = _torchvision_state("resnet18", seed=6)
     torch.save(saved, path)
 
-    state = pretrained_state(ModelConfig(name="resnet18", weights="imagenet"))
-    assert state is not None
-    torch.testing.assert_close(state["conv1.weight"], saved["conv1.weight"], rtol=0, atol=0)
+    for offline in (False, True):  # --offline needs no network when the file is there
+        config = ModelConfig(name="resnet18", weights="imagenet", offline=offline)
+        state = pretrained_state(config)
+        assert state is not None
+        torch.testing.assert_close(state["conv1.weight"], saved["conv1.weight"], rtol=0, atol=0)
     config = tiny(epochs=1, batch_size=4, model=ModelConfig(name="resnet18", weights="imagenet"))
     assert train(card32, tmp_path / "run", config=config).epochs == 1
+
+
+def test_imagenet_weights_missing_from_the_cache_are_downloaded_once_hash_checked(
+    cli, card32, tmp_path, checkpoints, downloads, monkeypatch
+):
+    monkeypatch.setenv("ILT_AUDIT_OFFLINE", "0")  # 0 is not offline
+    run = tmp_path / "run"
+    # a vanishing learning rate: after one epoch the parameters are still the downloaded file's
+    result = cli(
+        "train", card32, "--out", run, "--model", "resnet18", "--weights", "imagenet",
+        "--lr", 1e-12, *QUICK,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert downloads == [(RESNET18_URL, "f37072fd")]  # the hash check on: the digits in the name
+    path = checkpoints / "resnet18-f37072fd.pth"
+    assert result.stderr.splitlines()[0] == (
+        f"Downloading torchvision's ImageNet weights for resnet18 (once): {RESNET18_URL} to {path}"
+    )
+    assert read_config(run)["options"]["model"]["weights"] == "imagenet"
+    trained = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    saved = torch.load(path, weights_only=True)
+    torch.testing.assert_close(
+        trained["body.conv1.weight"], saved["conv1.weight"], rtol=0, atol=1e-6
+    )
+
+    # the cached file serves every later run; a resumed run has its weights in its checkpoint
+    assert pretrained_state(ModelConfig(name="resnet18", weights="imagenet")) is not None
+    resumed = cli("train", card32, "--out", run, "--resume", "--epochs", 2, "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert len(downloads) == 1
+
+
+@pytest.mark.parametrize("how", ["--offline", "ILT_AUDIT_OFFLINE=1"])
+def test_offline_with_the_weights_not_in_the_cache_exits_2_naming_the_file_and_its_url(
+    cli, card32, tmp_path, checkpoints, monkeypatch, no_network, how
+):
+    if how == "--offline":
+        args: tuple[str, ...] = ("--offline",)
+    else:
+        monkeypatch.setenv("ILT_AUDIT_OFFLINE", "1")
+        args = ()
+    run = tmp_path / "run"
+    result = cli(
+        "train", card32, "--out", run, "--model", "resnet50", "--weights", "imagenet", *args
+    )
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "Error: --weights imagenet: torchvision's ImageNet weights for resnet50 are not in its "
+        "cache, and --offline (or ILT_AUDIT_OFFLINE=1) forbids downloading them; on a machine "
+        f"with a network, download {RESNET50_URL} and put it at "
+        f"{checkpoints / 'resnet50-11ad3fa6.pth'}"
+    ]
+    assert not checkpoints.exists()
+    assert not (run / "config.json").exists()
+
+
+class _Response(io.BytesIO):
+    """What ``urlopen`` returns, as far as torch.hub reads it."""
+
+    def info(self) -> email.message.Message:
+        return email.message.Message()  # no Content-Length
+
+
+_WRONG_FILE = io.BytesIO()
+torch.save({"conv1.weight": torch.zeros(1)}, _WRONG_FILE)
+_WRONG_DIGEST = hashlib.sha256(_WRONG_FILE.getvalue()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("served", "cause"),
+    [
+        (
+            urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+            "<urlopen error [Errno -3] Temporary failure in name resolution>",
+        ),
+        (
+            urllib.error.HTTPError(RESNET18_URL, 403, "Forbidden", email.message.Message(), None),
+            "HTTP Error 403: Forbidden",
+        ),
+        (
+            _WRONG_FILE.getvalue(),
+            f'invalid hash value (expected "f37072fd", got "{_WRONG_DIGEST}")',
+        ),
+    ],
+    ids=["no network", "HTTP error", "wrong hash"],
+)
+def test_a_failed_download_exits_2_and_leaves_nothing_in_the_cache(
+    cli, card32, tmp_path, checkpoints, monkeypatch, served, cause
+):
+    def urlopen(request):  # torch.hub's own download runs, over this stand-in for the network
+        assert request.full_url == RESNET18_URL
+        if isinstance(served, Exception):
+            raise served
+        return _Response(served)
+
+    monkeypatch.setattr(torch.hub, "urlopen", urlopen)
+    run = tmp_path / "run"
+    result = cli("train", card32, "--out", run, "--model", "resnet18", "--weights", "imagenet")
+    assert result.exit_code == 2
+    path = checkpoints / "resnet18-f37072fd.pth"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        f"Error: --weights imagenet: downloading {RESNET18_URL} failed: {cause}; on a machine "
+        f"with a network, download {RESNET18_URL} and put it at {path}, then train with --offline"
+    ]
+    assert list(checkpoints.iterdir()) == []  # neither the cached name nor a partial file
+    assert not (run / "config.json").exists()
 
 
 # --- choices and old runs -------------------------------------------------------------------------
