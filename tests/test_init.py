@@ -235,17 +235,18 @@ def test_binary_masks_stored_as_0_and_255_are_refused(tmp_path, cli):
     assert not (data / "card.toml").exists()
 
 
-def test_masks_are_read_from_a_bounded_sample_and_it_says_so(tmp_path, cli, monkeypatch):
+def test_masks_are_read_from_a_bounded_sample_and_it_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(layout, "SAMPLE", 5)
     data = paired_folders(tmp_path / "seg", n=12)
     opened: list[Path] = []
     real_open = layout._open
     monkeypatch.setattr(layout, "_open", lambda p: opened.append(p) or real_open(p))
-    result = cli("init", data, "--out", data / "card.toml")
-    assert result.exit_code == 0, result.stderr
+    result = layout.init_card(data, out=data / "card.toml")
     assert len([p for p in opened if p.parent.name == "masks"]) == 5
-    assert "a sample of 5 of 12 files read, evenly spaced" in result.out
-    assert "the training pass checks every mask" in result.out
+    # the inferences init shows, read as data: a table cell wraps with the terminal's width
+    (mask,) = [note for note in result.inferences if "segmentation" in note.decision]
+    assert "a sample of 5 of 12 files read, evenly spaced" in mask.why
+    assert "the training pass checks every mask" in mask.why
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from browser import CHROMIUM, load_page
+from browser import load_page
 from conftest import tiny_config, write_image_dataset
 from PIL import Image
 
@@ -233,7 +233,6 @@ def test_report_of_something_that_is_not_a_run_exits_2(cli, tmp_path):
     assert "not a run directory" in result.err
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_report_renders_in_a_real_browser(image_report, tmp_path):
     page = load_page(image_report.path, tmp_path)
     assert page.errors == [], page.log[-2000:]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from browser import CHROMIUM
+from browser import require_chromium
 from conftest import tiny_config, write_image_dataset
 
 from ilt_audit.decisions import DecisionStore
@@ -96,11 +96,11 @@ def _get(url: str, **headers: str) -> tuple[int, str, dict[str, str]]:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright  # never skipped: the test extra has it
+    from playwright.sync_api import sync_playwright  # the test extra has it
 
-    assert CHROMIUM, "the browser tests need Debian's chromium (.ci/run installs it)"
+    chromium = require_chromium()  # skipped without Debian's chromium, unless CI requires it
     with sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         yield launched
         launched.close()
 
