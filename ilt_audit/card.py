@@ -1,5 +1,10 @@
 """Dataset cards: the TOML file that names a manifest table, its input and its tasks.
 
+A card names its table relative to its own folder, and may name the folder its data lives in
+(``root``, relative to the card's folder or absolute); the paths in the table are relative to
+that data folder, the card's own folder without ``root``, and stay inside it unless the card
+opts out (``allow_outside_paths``).
+
 This module parses the card alone; reading its table and checking every row is
 :mod:`ilt_audit.manifest`, and decoding the files the rows point at is :mod:`ilt_audit.data`.
 It never imports torch or pandas.
@@ -35,11 +40,23 @@ MAX_PIXELS = 89_478_485
 # (``re``) and for a manifest's path columns (pyarrow's RE2, vectorised).
 ESCAPING_PATH = r"^(?:[/\\]|[A-Za-z]:)|(?:^|[/\\])\.\.(?:[/\\]|$)"
 _ALLOW = "set allow_outside_paths = true in the card if the data really lives elsewhere"
-OUTSIDE_PATH = f"the path leads outside the card's folder ({_ALLOW})"
-OUTSIDE_LINK = (
-    "the file is a symbolic link (or in a linked folder) that leads outside the card's folder "
-    f"({_ALLOW})"
-)
+CARD_FOLDER = "the card's folder"
+
+
+def outside_path(where: str = CARD_FOLDER) -> str:
+    """Why a path whose text leaves ``where`` (the card's folder, or its data folder) is refused."""
+    return f"the path leads outside {where} ({_ALLOW})"
+
+
+def outside_link(where: str = CARD_FOLDER) -> str:
+    """Why a file that leaves ``where`` through a symbolic link is refused."""
+    return (
+        f"the file is a symbolic link (or in a linked folder) that leads outside {where} ({_ALLOW})"
+    )
+
+
+OUTSIDE_PATH = outside_path()
+OUTSIDE_LINK = outside_link()
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Card:
-    """A parsed dataset card. Paths in it are relative to ``root`` (the card's folder)."""
+    """A parsed dataset card. Its table is relative to ``folder`` (the card's folder), the paths
+    in the table to ``root`` (the data folder: the card's ``root``, or the card's folder)."""
 
     path: Path
     table: str
@@ -81,16 +99,36 @@ class Card:
     input: InputSpec
     tasks: tuple[TaskSpec, ...]
     split: str | None = None  # optional column: "train" rows are trained on, "val" rows validated
-    allow_outside_paths: bool = False  # paths may lead outside the card's folder (SPEC section 8)
+    allow_outside_paths: bool = False  # paths may lead outside the data folder (SPEC section 8)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    named_root: Path | None = None  # the folder the card's ``root`` names, resolved; None without
 
     @property
-    def root(self) -> Path:
+    def folder(self) -> Path:
+        """The card's own folder, which its ``table`` is relative to (resolved by load_card)."""
         return self.path.parent
 
     @property
+    def root(self) -> Path:
+        """The data folder, which the table's paths are relative to (resolved by load_card)."""
+        return self.named_root or self.folder
+
+    @property
+    def root_text(self) -> str:
+        """The data folder, as messages name it."""
+        return CARD_FOLDER if self.named_root is None else f"the data folder {self.named_root}"
+
+    @property
+    def outside_path(self) -> str:
+        return outside_path(self.root_text)
+
+    @property
+    def outside_link(self) -> str:
+        return outside_link(self.root_text)
+
+    @property
     def table_path(self) -> Path:
-        return self.root / self.table
+        return self.folder / self.table
 
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
@@ -99,18 +137,26 @@ class Card:
         names = ", ".join(t.name for t in self.tasks)
         raise CardError(f"{self.path}: no task named {name!r}; the card's tasks are: {names}")
 
+    def leaves_root(self, path: Path) -> bool:
+        """Whether a file the table names, its symbolic links followed, lies outside the data
+        folder (and the card does not allow that)."""
+        return not self.allow_outside_paths and not inside(path, self.root)
+
     def leaves_folder(self, path: Path) -> bool:
-        """Whether a file, its symbolic links followed, lies outside the card's folder (and the
-        card does not allow that). ``root`` is already resolved (:func:`load_card`)."""
-        if self.allow_outside_paths:
-            return False
-        return not os.path.realpath(path).startswith(os.path.join(self.root, ""))
+        """Whether the card's table, its symbolic links followed, lies outside the card's folder
+        (and the card does not allow that)."""
+        return not self.allow_outside_paths and not inside(path, self.folder)
 
     def sha256(self) -> str:
         """Hash of the card and its manifest table, recorded in a run's config."""
         digest = hashlib.sha256(self.path.read_bytes())
         digest.update(self.table_path.read_bytes())
         return digest.hexdigest()
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, its symbolic links followed, lies in ``folder`` (resolved)."""
+    return os.path.realpath(path).startswith(os.path.join(folder, ""))
 
 
 def load_card(path: str | Path) -> Card:
@@ -161,6 +207,7 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
         )
     if not allow_outside and re.search(ESCAPING_PATH, table):
         raise CardError(f"{path}: table {table!r}: {OUTSIDE_PATH}")
+    named_root = _parse_root(path, raw.get("root"))
 
     input_raw = raw.get("input")
     if not isinstance(input_raw, dict):
@@ -178,7 +225,27 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
                 f"{path}: task {dense[0]!r} is a dense task, which needs an image input, "
                 'but [input] type is "features"'
             )
-    return Card(path, table, id_column, input_spec, tasks, split, allow_outside, raw)
+    return Card(path, table, id_column, input_spec, tasks, split, allow_outside, raw, named_root)
+
+
+def _parse_root(path: Path, root: Any) -> Path | None:
+    """The data folder the card's ``root`` names (relative to the card's folder, or absolute),
+    resolved; it must be an existing folder."""
+    if root is None:
+        return None
+    if not isinstance(root, str) or not root:
+        raise CardError(
+            f"{path}: 'root' must name the data folder, e.g. root = \"../data\", got {root!r}"
+        )
+    try:
+        folder = Path(os.path.realpath(path.parent / root))
+        found = folder.is_dir()
+    except (OSError, ValueError):  # a NUL in the text, a loop of links
+        raise CardError(f"{path}: root {root!r}: not a usable folder path") from None
+    if not found:
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise CardError(f"{path}: root {root!r}: the data folder {folder} {why}")
+    return folder
 
 
 def _parse_input(path: Path, spec: dict[str, Any]) -> InputSpec:

@@ -309,13 +309,16 @@ def init(
         bool,
         typer.Option(
             "--allow-outside-paths",
-            help="Let the card's paths lead outside its folder (writes allow_outside_paths = true).",
+            help="Let the manifest's paths lead outside the data folder "
+            "(writes allow_outside_paths = true).",
         ),
     ] = False,
 ) -> None:
     """Write a dataset card from a table, an ImageFolder tree or folders of images and masks.
 
     Every inference is shown; an ambiguous column stops with the options that settle it.
+
+    A card written outside the data's folder names that folder as its root.
 
     Example: ilt-audit init path/to/images --out my.toml
     """

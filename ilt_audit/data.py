@@ -47,7 +47,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ilt_audit import distributed
-from ilt_audit.card import MAX_PIXELS, OUTSIDE_LINK, Card, TaskSpec
+from ilt_audit.card import MAX_PIXELS, Card, TaskSpec
 from ilt_audit.distributed import Place
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.internal.cache import read_cached, write_cached
@@ -293,14 +293,14 @@ class RowFiles:
         )
 
     def path(self, column: str, row: int) -> Path:
-        """The file of a row's column. The manifest refused paths whose text leaves the card's
+        """The file of a row's column. The manifest refused paths whose text leaves the data
         folder; here, where each file is opened, so is one that leaves it through a link."""
         value = self.paths[column][row].as_py()
         if not value:
             raise RowProblem(column, "expected a file path")
         path = self.root / value
-        if self.card.leaves_folder(path):
-            raise RowProblem(column, OUTSIDE_LINK)
+        if self.card.leaves_root(path):
+            raise RowProblem(column, self.card.outside_link)
         return path
 
     def image(self, row: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -476,14 +476,16 @@ def _stat_one(path: str) -> tuple[int, int]:
 def scan_key(manifest: Manifest, found: FileStats | None = None) -> str | None:
     """A fingerprint of everything the validation pass reads, or None if a file is missing.
 
-    The card and manifest bytes (their sha256), whether the card lets paths leave its folder, and
-    the size and modification time (ns) of every file the table names (:func:`file_stats`;
-    ``found`` when the caller has them already, so that no file is stat-ed twice).
+    The card and manifest bytes (their sha256), the data folder the paths resolve against (a
+    relative ``root`` names another folder when the card moves), whether the card lets paths
+    leave it, and the size and modification time (ns) of every file the table names
+    (:func:`file_stats`; ``found`` when the caller has them already, so that no file is stat-ed
+    twice).
     """
     card = manifest.card
     digest = hashlib.sha256(
         f"scan-v{SCAN_FORMAT}:{card.sha256()}:{card.input.size}:"
-        f"outside={card.allow_outside_paths}".encode()  # what the pass allowed is what it proved
+        f"outside={card.allow_outside_paths}:root={card.root}".encode()  # what it read and allowed
     )
     found = file_stats(manifest) if found is None else found
     if not found.complete:

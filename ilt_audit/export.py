@@ -3,7 +3,7 @@
 :func:`label_studio_tasks` turns a ranking (:func:`ilt_audit.ranking.rank`) into Label Studio's
 task import format: one task per suspect instance and task of the card, its ``data`` holding the
 id, the task, the rank and score, and the input (an image as a Label Studio *local files* URL
-relative to the card's folder, or the feature values), and its ``predictions`` holding the label
+relative to the data folder, or the feature values), and its ``predictions`` holding the label
 the manifest gives, as a pre-annotation that the annotator confirms or corrects:
 
 - classification: a ``choices`` result (the class name);
@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import posixpath
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ilt_audit.card import TaskSpec
+from ilt_audit.card import TaskSpec, inside
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.internal.markup import xml_text  # a choice's label is the same in JSON and XML
 from ilt_audit.manifest import Manifest, label_texts
@@ -205,9 +204,10 @@ def label_studio_tasks(
     """The ranking's suspects as Label Studio tasks, in rank order per task, the current label
     as the pre-annotation. ``task``, ``top`` and ``by`` are :func:`ilt_audit.ranking.rank`'s.
 
-    A file the manifest names becomes ``/data/local-files/?d=<its path in the card's folder>``:
-    serve the card's folder as Label Studio's local files document root. A file outside that
-    folder (a card with ``allow_outside_paths``) cannot be served so, and is an error.
+    A file the manifest names becomes ``/data/local-files/?d=<its path in the data folder>``:
+    serve the data folder (the card's ``root``, or the card's folder) as Label Studio's local
+    files document root. A file outside that folder (a card with ``allow_outside_paths``) cannot
+    be served so, and is an error.
 
     Example:
         >>> tasks = label_studio_tasks("runs/shapes", task="shape", top=20)  # doctest: +SKIP
@@ -264,16 +264,18 @@ def _task(row: _Row, label: str) -> dict[str, Any]:
 
 
 def _local_file(row: _Row, column: str) -> str:
-    """The Label Studio local files URL of a file a manifest cell names, relative to the card's
+    """The Label Studio local files URL of a file a manifest cell names, relative to the data
     folder (the document root); a file that is not inside it is an :class:`OptionError`."""
     value = str(row.cell(column))
-    root = row.manifest.card.root  # resolved by load_card
+    card = row.manifest.card
+    root = card.root  # resolved by load_card
     path = posixpath.normpath(value)  # "a/./b" and "a//b" as "a/b"
     escapes = path.startswith("/") or path == ".." or path.startswith("../")
-    if escapes or not os.path.realpath(root / path).startswith(os.path.join(root, "")):
+    if escapes or not inside(root / path, root):
+        where = card.root_text if card.named_root else f"{card.root_text} {root}"
         raise OptionError(
-            f"{row.manifest.card.table_path}: row id {row.id!r}: column {column!r}: the file "
-            f"{value!r} is not inside the card's folder {root}, the document root Label Studio "
+            f"{card.table_path}: row id {row.id!r}: column {column!r}: the file {value!r} is not "
+            f"inside {where}, the document root Label Studio "
             "serves local files from; --format label-studio needs every file inside it"
         )
     return LOCAL_FILES + quote(path, safe="/")

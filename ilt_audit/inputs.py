@@ -38,7 +38,7 @@ SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("column", pa.string()),
-        ("path", pa.string()),  # as the manifest writes it, relative to the card's folder
+        ("path", pa.string()),  # as the manifest writes it, relative to the data folder
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
     ]

@@ -13,10 +13,13 @@ Three layouts that tools already agree on are read:
 
 For a folder layout a manifest (CSV) is written beside the card: ids are the files' paths
 relative to the folder (without the suffix, unless two files would share one), sorted, and paths
-are relative to the card's folder. Nothing is guessed silently: every decision is an
-:class:`Inference` with its reason, an ambiguous column stops with :class:`LayoutError` naming the
-choices, and the card is checked with :func:`ilt_audit.manifest.load_manifest` before it is put in
-place; on any error nothing is written. Mask files are read from a bounded, evenly spaced sample
+are relative to the card's folder when the data lies in it, else to the data's folder, which the
+card names as its ``root`` (:func:`root_text`). A table's paths are relative to the card's folder
+or, failing that, to the table's own folder, which then becomes the card's ``root``. Nothing is
+guessed silently: every decision is an :class:`Inference` with its reason, an ambiguous column
+stops with :class:`LayoutError` naming the choices, and the card is checked with
+:func:`ilt_audit.manifest.load_manifest` before it is put in place; on any error nothing is
+written. Mask files are read from a bounded, evenly spaced sample
 (:data:`SAMPLE` files per column), never all of a large data set, and the inference says which.
 
 Example:
@@ -142,6 +145,7 @@ class _Draft:
     manifest: pd.DataFrame | None = None
     table: Path | None = None  # the user's table, which the card points at
     source: Path | None = None  # the table or folder the card was read from
+    root: Path | None = None  # the folder the paths are relative to, once known (resolved)
 
     def note(self, subject: str, decision: str, why: str, choices: Sequence[str] = ()) -> None:
         self.notes.append(Inference(subject, decision, why, tuple(choices)))
@@ -183,7 +187,7 @@ def init_card(
         if target is not None and target.exists() and not force:
             raise OutputError(f"{target} already exists; pass --force to replace it")
     check_output(out)
-    root = out.parent.resolve()
+    folder = out.parent.resolve()  # the card's folder
     if path.is_dir():
         given = [
             flag
@@ -195,20 +199,54 @@ def init_card(
                 f"{given[0]} settles a table's columns; a folder's layout decides them "
                 f"({path} is a folder)"
             )
-        draft = _read_folder(path, root, allow_outside_paths)
+        draft = _read_folder(path, folder)
     else:
         draft = _read_table(
-            path, root, options, list(inputs), id_column, list(skip), allow_outside_paths
+            path, folder, options, list(inputs), id_column, list(skip), allow_outside_paths
         )
-    _write(draft, out, manifest_path, root, allow_outside_paths)
+    _note_root(draft, folder)
+    _write(draft, out, manifest_path, folder, allow_outside_paths)
     return InitResult(out, manifest_path, draft.layout, tuple(draft.notes))
 
 
 # --- writing and checking the card ---------------------------------------------------------
 
 
+def root_text(root: Path, folder: Path) -> str:
+    """The card's ``root`` for the data folder ``root`` and the card's folder ``folder`` (both
+    resolved): relative to the card's folder when the two share a folder other than the file
+    system's root (a project moved as a whole keeps working), absolute otherwise.
+
+    Example:
+        >>> root_text(Path("/srv/proj/data/pets"), Path("/srv/proj/cards"))
+        '../data/pets'
+        >>> root_text(Path("/data/pets"), Path("/home/me/cards"))
+        '/data/pets'
+    """
+    try:
+        shared = Path(os.path.commonpath([root, folder]))
+    except ValueError:  # on two drives
+        return root.as_posix()
+    return root.as_posix() if shared == Path(shared.anchor) else _relative(root, folder)
+
+
+def _note_root(draft: _Draft, folder: Path) -> None:
+    """Say which folder the manifest's paths are relative to (an image card's only)."""
+    if draft.card.get("input", {}).get("type") != "image" or draft.root is None:
+        return
+    if draft.root == folder:
+        draft.note(str(folder), "data folder", "the card's folder: the paths are relative to it")
+    else:
+        draft.note(
+            str(draft.root),
+            f"data folder: root = {toml_string(root_text(draft.root, folder))}",
+            f"the data is not in the card's folder {folder}: the paths are relative to this "
+            "folder, which the card names",
+        )
+
+
 def _write(
-    draft: _Draft, out: Path, manifest_path: Path | None, root: Path, allow_outside: bool
+    draft: _Draft, out: Path, manifest_path: Path | None, folder: Path, allow_outside: bool
 ) -> None:
     """Write the card (and manifest) under temporary names, validate them with
     :func:`load_manifest`, then rename them into place; on an error remove them."""
@@ -218,7 +256,9 @@ def _write(
         card["table"] = manifest_path.name
     else:
         assert draft.table is not None
-        card["table"] = _relative(draft.table.resolve(), root)
+        card["table"] = _relative(draft.table.resolve(), folder)
+    if draft.root is not None and draft.root != folder:
+        card["root"] = root_text(draft.root, folder)
     card.update(draft.card)
     if allow_outside:
         card["allow_outside_paths"] = True
@@ -266,14 +306,10 @@ def _inside(target: Path, root: Path) -> bool:
 # --- folder layouts ------------------------------------------------------------------------
 
 
-def _read_folder(path: Path, root: Path, allow_outside: bool) -> _Draft:
+def _read_folder(path: Path, card_folder: Path) -> _Draft:
+    """A folder layout; its paths are relative to the card's folder when the data is in it, else
+    to the data's folder (the card's ``root``)."""
     folder = path.resolve()
-    if not _inside(folder, root) and not allow_outside:
-        raise LayoutError(
-            f"{path}: the manifest's paths would lead outside the card's folder {root}; put the "
-            f"card in {folder} or a folder above it (e.g. --out {folder / 'card.toml'}), or pass "
-            "--allow-outside-paths"
-        )
     entries = sorted(
         (e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name
     )
@@ -290,7 +326,8 @@ def _read_folder(path: Path, root: Path, allow_outside: bool) -> _Draft:
         _read_image_folder(draft, path, folder, dirs, files)
     assert draft.manifest is not None
     draft.source = path
-    prefix = _relative(folder, root)
+    draft.root = card_folder if _inside(folder, card_folder) else folder
+    prefix = _relative(folder, draft.root)
     for column in ("image", "mask"):
         if column in draft.manifest and prefix != ".":
             draft.manifest[column] = prefix + "/" + draft.manifest[column]
@@ -658,7 +695,7 @@ def _dense_task(draft: _Draft, column: str, name: str, found: _Files) -> dict[st
 
 def _read_table(
     path: Path,
-    root: Path,
+    folder: Path,
     options: list[TaskOption],
     inputs: list[str],
     id_column: str | None,
@@ -672,9 +709,9 @@ def _read_table(
         )
     draft = _Draft("table", table=path, source=path)
     table = path.resolve()
-    if not _inside(table, root) and not allow_outside:
+    if not _inside(table, folder) and not allow_outside:
         raise draft.fail(
-            f"{path}: the table is outside the card's folder {root}; put the card in "
+            f"{path}: the table is outside the card's folder {folder}; put the card in "
             f"{table.parent} or a folder above it (e.g. --out {table.parent / 'card.toml'}), or "
             "pass --allow-outside-paths"
         )
@@ -711,9 +748,9 @@ def _read_table(
     given = {c for t in options for c in t.columns} | set(inputs)
     open_columns = [c for c in open_columns if c not in given]
     scanned = [c for c in columns if c not in skip and c != split]
-    files = _file_columns(draft, path, frame, root, scanned, allow_outside)
+    files = _file_columns(draft, path, frame, folder, scanned, allow_outside)
     for option in options:
-        tasks[option.name] = _option_task(draft, frame, root, option, files)
+        tasks[option.name] = _option_task(draft, frame, option, files)
 
     images = [c for c in open_columns if c in files and files[c].kind == "image"]
     if not images and chosen in files and files[chosen].kind == "image":
@@ -831,12 +868,12 @@ def _file_columns(
     draft: _Draft,
     path: Path,
     frame: pd.DataFrame,
-    root: Path,
+    folder: Path,
     columns: list[str],
     allow_outside: bool,
 ) -> dict[str, _Files]:
     """The text columns that name files (most values end in an image or ``.npy`` suffix), with
-    what a sample of their files holds."""
+    what a sample of their files holds; the first one decides ``draft.root``."""
     found: dict[str, _Files] = {}
     known = "|".join(re.escape(s[1:]) for s in (*IMAGE_SUFFIXES, *MAP_SUFFIXES))
     for column in columns:
@@ -869,10 +906,10 @@ def _file_columns(
                 row = int(np.flatnonzero(escaping)[0])
                 raise draft.fail(
                     f"{path}: column {column!r}: row {row + 1} holds {values.iloc[row]!r}, a path "
-                    "that leads outside the card's folder; pass --allow-outside-paths if the "
-                    "data really lives there"
+                    "that leads outside the data folder (absolute, or through ..); pass "
+                    "--allow-outside-paths if the data really lives there"
                 )
-        _check_base(draft, path, root, column, values)
+        root = _base(draft, path, folder, column, values)
         if is_map.all():
             rows = _sample_rows(len(values))
             missing = next(
@@ -887,24 +924,24 @@ def _file_columns(
     return found
 
 
-def _check_base(draft: _Draft, path: Path, root: Path, column: str, values: pd.Series) -> None:
-    """The table's paths must be relative to the card's folder; say where to put the card when
-    they are relative to the table's own folder instead."""
+def _base(draft: _Draft, path: Path, folder: Path, column: str, values: pd.Series) -> Path:
+    """The folder the table's paths are relative to: the card's folder, else the table's own
+    (which the card then names as its ``root``), decided by the first path column's first row;
+    it is kept in ``draft.root`` for the other columns."""
     first = values.iloc[0]
-    if (root / first).exists():
-        return
-    here = path.resolve().parent
-    if (here / first).exists():
-        raise draft.fail(
-            f"{path}: column {column!r}: the paths are relative to the table's folder {here}, "
-            f"and a card's paths are relative to its own folder: put the card there "
-            f"(e.g. --out {here / 'card.toml'})"
-        )
-    raise draft.fail(f"{root / first}: file not found (column {column!r}, row 1)")
+    if draft.root is None:
+        here = path.resolve().parent
+        draft.root = next((b for b in (folder, here) if (b / first).exists()), None)
+        if draft.root is None:
+            also = "" if here == folder else f", nor relative to the table's folder {here}"
+            raise draft.fail(f"{folder / first}: file not found (column {column!r}, row 1){also}")
+    elif not (draft.root / first).exists():
+        raise draft.fail(f"{draft.root / first}: file not found (column {column!r}, row 1)")
+    return draft.root
 
 
 def _option_task(
-    draft: _Draft, frame: pd.DataFrame, root: Path, option: TaskOption, files: dict[str, _Files]
+    draft: _Draft, frame: pd.DataFrame, option: TaskOption, files: dict[str, _Files]
 ) -> dict[str, Any]:
     column = option.columns[0]
     if option.type == "regression":
@@ -916,7 +953,8 @@ def _option_task(
                 f"--task {option.name}={column}:segmentation: column {column!r} does not name "
                 "image files"
             )
-        found = _sample_files(draft, column, [root / v for v in frame[column]], masks=True)
+        assert draft.root is not None  # set with the file columns
+        found = _sample_files(draft, column, [draft.root / v for v in frame[column]], masks=True)
         found = dataclasses.replace(found, why=f"--task; {found.why}")
         task = _dense_task(draft, column, option.name, found)
         return task

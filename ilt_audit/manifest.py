@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 from ilt_audit.card import (
     ESCAPING_PATH,
     OUTSIDE_LINK,
-    OUTSIDE_PATH,
     TABLE_READERS,
     Card,
     TaskSpec,
@@ -199,11 +198,11 @@ class Manifest:
         return index.astype(np.int64)
 
     def file_path(self, value: str) -> Path:
-        """The file a path cell names, refused if it leads outside the card's folder (through a
+        """The file a path cell names, refused if it leads outside the data folder (through a
         symbolic link: the text of every cell was checked by :func:`load_manifest`)."""
         path = self.card.root / value
-        if self.card.leaves_folder(path):
-            raise CardError(f"{self.card.table_path}: file {value!r}: {OUTSIDE_LINK}")
+        if self.card.leaves_root(path):
+            raise CardError(f"{self.card.table_path}: file {value!r}: {self.card.outside_link}")
         return path
 
 
@@ -342,14 +341,14 @@ def _check_files(card: Card, frame: pd.DataFrame, column: str, exist: bool) -> N
         escaping = pc.match_substring_regex(pa.array(values, pa.string()), ESCAPING_PATH)
         if pc.any(escaping).as_py():
             row = frame.index[int(np.flatnonzero(escaping.to_numpy(zero_copy_only=False))[0])]
-            _fail(card, row, frame, column, values[row], OUTSIDE_PATH)
+            _fail(card, row, frame, column, values[row], card.outside_path)
     if exist:
         for row, value in values.items():
             path = card.root / value
             if not path.is_file():
                 _fail(card, row, frame, column, value, "file not found")
-            if card.leaves_folder(path):
-                _fail(card, row, frame, column, value, OUTSIDE_LINK)
+            if card.leaves_root(path):
+                _fail(card, row, frame, column, value, card.outside_link)
 
 
 def _label_text(value: Any) -> str:

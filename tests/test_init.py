@@ -483,30 +483,75 @@ def test_an_existing_card_is_refused_unless_force(tmp_path, cli):
     assert "[tasks.class]" in card.read_text()
 
 
-def test_a_card_outside_the_data_is_refused_with_where_to_put_it(tmp_path, cli, tiny):
+def test_a_card_outside_the_data_names_it_as_root_and_trains(tmp_path, cli, monkeypatch):
+    image_folder(tmp_path / "data" / "pets", PETS, n=3)
+    (tmp_path / "cards").mkdir()
+    monkeypatch.chdir(tmp_path)  # the commands as a user types them
+
+    result = cli("init", "data/pets", "--out", "cards/pets.toml")
+
+    assert result.exit_code == 0, result.stderr
+    raw = tomllib.loads(Path("cards/pets.toml").read_text(encoding="utf-8"))
+    assert (raw["table"], raw["root"]) == ("pets.manifest.csv", "../data/pets")
+    assert "allow_outside_paths" not in raw
+    manifest = pd.read_csv("cards/pets.manifest.csv", dtype=str)
+    assert manifest["image"].iloc[0] == "cat/000.png"  # relative to the data folder
+    train = ("--epochs", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0")
+    result = cli("train", "cards/pets.toml", "--out", "runs/pets", *train)
+    assert result.exit_code == 0, result.stderr
+    assert Path("runs/pets/trajectories/epoch-0001.parquet").is_file()
+
+
+def test_init_says_which_folder_the_paths_are_relative_to(tmp_path):
+    data = image_folder(tmp_path / "data" / "pets", PETS, n=2).resolve()
+    (tmp_path / "cards").mkdir()
+
+    def root_note(out: Path) -> tuple[str, str]:
+        notes = layout.init_card(data, out=out).inferences
+        (note,) = [n for n in notes if n.decision.startswith("data folder")]
+        return note.subject, note.decision
+
+    assert root_note(tmp_path / "cards" / "pets.toml") == (
+        str(data),
+        'data folder: root = "../data/pets"',
+    )
+    assert root_note(data.parent / "pets.toml") == (str(data.parent), "data folder")
+    assert "root" not in tomllib.loads((data.parent / "pets.toml").read_text(encoding="utf-8"))
+
+
+def test_root_is_relative_within_one_tree_and_absolute_across_the_file_system():
+    assert layout.root_text(Path("/srv/proj/data/pets"), Path("/srv/proj/cards")) == "../data/pets"
+    assert layout.root_text(Path("/data/pets"), Path("/home/me/cards")) == "/data/pets"
+
+
+def test_allow_outside_paths_still_lets_the_paths_leave_the_data_folder(tmp_path, cli):
     data = image_folder(tmp_path / "data" / "pets", PETS, n=3)
     (tmp_path / "cards").mkdir()
     card = tmp_path / "cards" / "pets.toml"
-    result = cli("init", data, "--out", card)
-    assert result.exit_code == 2
-    assert f"put the card in {data} or a folder above it" in result.err
-    assert "--allow-outside-paths" in result.err
-    assert list((tmp_path / "cards").iterdir()) == []
-
     result = cli("init", data, "--out", card, "--allow-outside-paths")
     assert result.exit_code == 0, result.stderr
-    assert tomllib.loads(card.read_text(encoding="utf-8"))["allow_outside_paths"] is True
-    assert load_manifest(card).frame["image"].iloc[0] == "../data/pets/cat/000.png"
+    raw = tomllib.loads(card.read_text(encoding="utf-8"))
+    assert (raw["root"], raw["allow_outside_paths"]) == ("../data/pets", True)
+    assert load_manifest(card).card.allow_outside_paths
 
 
-def test_table_paths_relative_to_the_tables_folder_say_where_the_card_goes(tmp_path, cli):
+def test_table_paths_relative_to_the_tables_folder_make_it_the_root(tmp_path, cli, tiny):
     path = image_table(tmp_path / "shapes")
-    result = cli("init", path, "--out", tmp_path / "card.toml")
+    card = tmp_path / "card.toml"
+    result = cli("init", path, "--out", card)
+    assert result.exit_code == 0, result.stderr
+    raw = tomllib.loads(card.read_text(encoding="utf-8"))
+    assert (raw["table"], raw["root"]) == ("shapes/data.csv", "shapes")
+    trains(card, tmp_path / "run", tiny)
+
+
+def test_a_table_outside_the_cards_folder_is_refused_with_where_to_put_it(tmp_path, cli):
+    path = image_table(tmp_path / "data" / "shapes")
+    (tmp_path / "cards").mkdir()
+    result = cli("init", path, "--out", tmp_path / "cards" / "shapes.toml")
     assert result.exit_code == 2
-    assert (
-        f"the paths are relative to the table's folder {tmp_path / 'shapes'}, and a card's paths "
-        "are relative to its own folder: put the card there"
-    ) in result.err
+    assert f"put the card in {path.parent} or a folder above it" in result.err
+    assert list((tmp_path / "cards").iterdir()) == []
 
 
 # --- untrusted text -------------------------------------------------------------------------

@@ -5,6 +5,8 @@ A derived dataset is a folder holding a new card (the original's content, with a
 saying where it came from), a manifest in the original's format whose paths still point at the
 original input files (nothing is copied or modified), new label files where labels were
 replaced, and whatever record the command keeps (``corruption.parquet``, ``changes.parquet``).
+The new card's folder is its data folder: its paths are relative to it, the original's ``root``
+is not carried over.
 Everything is written into a temporary sibling folder that is renamed onto ``out`` at the end,
 so a crash leaves nothing half-written.
 """
@@ -150,9 +152,11 @@ def write_derived(
 
 
 def _new_card(card: Card, command: str, note: str) -> tuple[dict[str, Any], str]:
-    """The new card's content and its header comment: the original's, with the table next to it
+    """The new card's content and its header comment: the original's, with the table next to it,
+    no ``root`` (paths are relative to the new card's folder, where the new label files are)
     and, for an image card, ``allow_outside_paths`` and the reason."""
     raw = dict(card.raw)
+    raw.pop("root", None)
     # a path is quoted: a newline in it must not end the comment (task names are [a-z0-9_-])
     header = f"# Written by ilt-audit {command} from {toml_string(str(card.path))}\n# {note}\n"
     raw["table"] = Path(card.table).name if re.search(ESCAPING_PATH, card.table) else card.table
@@ -170,7 +174,8 @@ def _new_card(card: Card, command: str, note: str) -> tuple[dict[str, Any], str]
 
 
 def _rewrite_paths(output: Output) -> None:
-    """Point every file column at the original files, relative to the new card's folder."""
+    """Point every file column at the original files (in the original's data folder), relative
+    to the new card's folder."""
     card = output.manifest.card
     columns = [t.column for t in card.tasks if t.dense]
     if card.input.type == "image":
