@@ -18,8 +18,12 @@ corrupted labels on top, on the same corrupted data:
 The corruption modes (``--modes``) are those of ``ilt_audit.corruption.MODES``: ``paper`` (the
 default) runs each task with its type's default mode, the paper's, so the figures stay
 comparable with earlier reports; ``all`` runs every mode of each task's type. The samples are the
-shipped ones (``sample_manifests/``) and ``digits``, scikit-learn's 8x8 handwritten digits,
-written as a features card into the work folder (skipped with a note without scikit-learn).
+shipped ones (``sample_manifests/``: ``shapes``, ``scenes``, ``penguins``) and ``digits``,
+scikit-learn's 8x8 handwritten digits, written as a features card into the work folder (skipped
+with a note without scikit-learn); ``--quick`` leaves out ``scenes`` (one 30-epoch run took
+17 min on 2 shared CPU cores). ``--samples fashion`` adds Fashion-MNIST (``--fashion-n`` of its
+training images, 28x28 grey PNGs, task ``item``), written into the work folder from the files of
+Debian's ``dataset-fashion-mnist`` package; the benchmark refuses to start without them.
 
 A second section measures model quality (the paper's Tables 2-6 at small scale): each weighting
 trained on a 20% held-out clean split, clean and with 40% of one classification task corrupted,
@@ -33,6 +37,7 @@ Example:
     python benchmarks/detection.py --quick --threads 1   # on a machine shared with other jobs
     python benchmarks/detection.py --modes all --fractions 0.4 --workdir runs/bench --resume
     python benchmarks/detection.py --epochs 2 --samples penguins --seeds 1 --modes pairs,gaussian
+    python benchmarks/detection.py --samples fashion --fashion-n 6000 --modes confusion --seeds 3
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -49,6 +55,7 @@ import os
 import platform
 import shlex
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -101,7 +108,9 @@ NOTES_PLACEHOLDER = (
     "what was changed (defaults, mechanisms, the default score) and the figures that show it. "
     "Text between the `notes` markers is kept when this file is regenerated."
 )
+SAMPLES_DEFAULT = "shapes,scenes,penguins,digits"
 QUICK = {  # what --quick runs unless an option says otherwise (under 10 min on 2 CPU cores)
+    "samples": "shapes,penguins,digits",  # a scenes run took 17 min (15-57 s an epoch)
     "seeds": 1,
     "fractions": [0.4],
     # a shapes run costs ~1 min (MAO's ~1.5 min): ILT only; a penguins or digits run seconds
@@ -156,16 +165,117 @@ def write_digits(card_path: Path) -> None:
     card_path.write_text(header + toml_dumps(raw), encoding="utf-8")  # last: the card marks done
 
 
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist puts it
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+FASHION_N = 6000  # --fashion-n: training images written (the first N of the 60,000)
+FASHION_CLASSES = (  # label 0..9, as the Fashion-MNIST README names them
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array of a gzip'd idx file of unsigned bytes (the MNIST format).
+
+    The format: a big-endian magic ``0x0000 08 NDIM`` (``08``: unsigned bytes), NDIM big-endian
+    uint32 sizes, then the bytes in C order.
+    """
+    with gzip.open(path, "rb") as handle:
+        magic = handle.read(4)
+        if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
+            raise ValueError(f"{path}: not an idx file of unsigned bytes (magic {magic.hex()})")
+        shape = struct.unpack(f">{magic[3]}I", handle.read(4 * magic[3]))
+        data = handle.read()
+    if len(data) != math.prod(shape):
+        raise ValueError(
+            f"{path}: its header says {shape}, {math.prod(shape)} bytes; {len(data)} follow"
+        )
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
+def fashion_missing() -> str | None:
+    """Why Fashion-MNIST cannot be written on this machine, or None."""
+    absent = [name for name in FASHION_FILES if not (FASHION_DIR / name).is_file()]
+    if not absent:
+        return None
+    return (
+        f"Fashion-MNIST's {', '.join(absent)} not found in {FASHION_DIR}; install Debian's "
+        f"package: apt-get install {FASHION_PACKAGE}"
+    )
+
+
+def write_fashion(card_path: Path, *, n: int = FASHION_N) -> None:
+    """The first ``n`` Fashion-MNIST training images as an image card: 28x28 grey PNGs, task
+    ``item`` with the 10 class names (Zalando's article photographs, human labels, MIT licence).
+
+    The files are those of Debian's ``dataset-fashion-mnist`` package (``FASHION_DIR``); the
+    training set is shuffled, so its first ``n`` images hold every class about equally.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    images = read_idx(FASHION_DIR / FASHION_FILES[0])  # (60000, 28, 28)
+    labels = read_idx(FASHION_DIR / FASHION_FILES[1])  # (60000,)
+    if n > len(images):
+        raise SystemExit(
+            f"error: --fashion-n {n}: Fashion-MNIST's training set in {FASHION_DIR} holds "
+            f"{len(images):,} images"
+        )
+    folder = _fresh(card_path.parent)  # nothing of an interrupted write is kept
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        path = f"images/fashion-{i:05d}.png"
+        Image.fromarray(images[i], mode="L").save(folder / path)
+        rows.append({"id": f"fashion-{i:05d}", "image": path, "item": FASHION_CLASSES[labels[i]]})
+    pd.DataFrame(rows).to_parquet(folder / "fashion.parquet", index=False)
+    raw = {
+        "table": "fashion.parquet",
+        "id": "id",
+        "input": {"type": "image", "column": "image"},
+        "tasks": {
+            "item": {"type": "classification", "column": "item", "classes": list(FASHION_CLASSES)}
+        },
+    }
+    header = (
+        f"# fashion: Fashion-MNIST, the first {n:,} of its {len(images):,} training images, "
+        f"28x28 grey, from {FASHION_DIR}\n"
+    )
+    card_path.write_text(header + toml_dumps(raw), encoding="utf-8")  # last: the card marks done
+
+
+def _sklearn_missing() -> str | None:
+    if importlib.util.find_spec("sklearn") is None:
+        return 'scikit-learn is not installed (pip install -e ".[bench]")'
+    return None
+
+
 @dataclass(frozen=True)
 class PackageSample:
-    """A real dataset that a Python package ships, written as a card into the work folder."""
+    """A real dataset that a package ships, written as a card into the work folder."""
 
-    module: str  # the package that ships it
     tasks: dict[str, str]  # task -> type, as the card it writes says
-    write: Callable[[Path], None]
+    write: Callable[..., None]  # (card path, **options)
+    missing: Callable[[], str | None]  # why it cannot be written on this machine, or None
+    refuse: bool = False  # when missing, the benchmark refuses to start (else: skipped, a note)
+    options: tuple[str, ...] = ()  # write's keyword options, each the flag --<sample>-<option>
 
 
-PACKAGE_SAMPLES = {"digits": PackageSample("sklearn", {"digit": "classification"}, write_digits)}
+PACKAGE_SAMPLES = {
+    "digits": PackageSample({"digit": "classification"}, write_digits, _sklearn_missing),
+    "fashion": PackageSample(
+        {"item": "classification"}, write_fashion, fashion_missing, refuse=True, options=("n",)
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -244,9 +354,17 @@ def parse_args(argv: list[str]) -> Settings:
     )
     parser.add_argument(
         "--samples",
-        default="shapes,penguins,digits",
-        help="comma-separated sample names (sample_manifests/NAME), card paths, or "
-        f"{', '.join(PACKAGE_SAMPLES)} (a dataset scikit-learn ships, written into the work folder)",
+        help="comma-separated sample names (sample_manifests/NAME), card paths, digits (a "
+        "dataset scikit-learn ships) or fashion (Fashion-MNIST, from Debian's "
+        f"{FASHION_PACKAGE} package), both written into the work folder (default "
+        f"{SAMPLES_DEFAULT}; --quick: {QUICK['samples']})",
+    )
+    parser.add_argument(
+        "--fashion-n",
+        type=int,
+        default=FASHION_N,
+        help=f"Fashion-MNIST training images to use, the first N of 60,000 (default {FASHION_N}); "
+        "another N names the sample fashion-N",
     )
     parser.add_argument(
         "--tasks", help="comma-separated task filter: TASK or SAMPLE:TASK (default: every task)"
@@ -297,18 +415,31 @@ def parse_args(argv: list[str]) -> Settings:
     if args.report_only and args.workdir is None:
         parser.error("--report-only reads the results of --workdir: give it")
 
+    if args.fashion_n < 1:
+        parser.error(f"--fashion-n must be at least 1, got {args.fashion_n}")
     cards: dict[str, Path | None] = {}  # sample -> its card; None: a package's, written later
+    writers: dict[str, Callable[[Path], None]] = {}  # a package's sample -> its card's writer
     task_types: dict[tuple[str, str], str] = {}  # (sample, task) -> type
-    for name in _csv(args.samples):
+    default_samples = SAMPLES_DEFAULT if not args.quick else QUICK["samples"]
+    for name in _csv(args.samples or default_samples):
         if name in PACKAGE_SAMPLES:
             package = PACKAGE_SAMPLES[name]
-            if importlib.util.find_spec(package.module) is None:
-                console.print(
-                    f"[yellow]note:[/yellow] {package.module} is not installed; the {name} "
-                    'sample is skipped (pip install -e ".[bench]")'
-                )
+            missing = package.missing()
+            if missing is not None and package.refuse:
+                parser.error(f"--samples {name}: {missing}")
+            if missing is not None:
+                console.print(f"[yellow]note:[/yellow] {missing}; the {name} sample is skipped")
                 continue
+            options = {key: getattr(args, f"{name}_{key}") for key in package.options}
+            # a subset of another size is another sample: --resume never mixes their results
+            changed = [
+                str(value)
+                for key, value in options.items()
+                if value != parser.get_default(f"{name}_{key}")
+            ]
+            name = "-".join([name, *changed])
             cards[name] = None
+            writers[name] = functools.partial(package.write, **options)
             task_types.update({(name, task): kind for task, kind in package.tasks.items()})
             continue
         card = Path(name) if name.endswith(".toml") else SAMPLES / name / "card.toml"
@@ -374,7 +505,7 @@ def parse_args(argv: list[str]) -> Settings:
     samples = tuple(
         Sample(name, card)
         if card is not None
-        else Sample(name, workdir / "samples" / name / "card.toml", PACKAGE_SAMPLES[name].write)
+        else Sample(name, workdir / "samples" / name / "card.toml", writers[name])
         for name, card in cards.items()
     )
     return Settings(

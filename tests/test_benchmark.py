@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers_scripts import load_script
+from PIL import Image
 
 from ilt_audit.corruption import read_truth
 from ilt_audit.evaluation import evaluate
@@ -217,3 +221,51 @@ def test_report_only_needs_a_work_folder(bench, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--samples", "penguins", "--report-only", "--out-md", str(tmp_path / "x.md")])
     assert exit_info.value.code == 2
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzip'd idx file of unsigned bytes, as Debian's dataset-fashion-mnist ships them."""
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_benchmark_fashion_is_an_image_card_from_the_idx_files(
+    bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8)
+    labels = np.arange(12) % 10
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setattr(bench, "FASHION_DIR", tmp_path)
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    args = [
+        "--samples", "fashion", "--fashion-n", "10", "--seeds", "1", "--fractions", "0.4",
+        "--epochs", "1", "--no-quality", "--no-cleanlab", "--no-mao", "--threads", "1",
+        "--workdir", str(workdir), "--out-md", str(out_md),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    # another size than the default is another sample, so --resume never mixes the two
+    manifest = load_manifest(workdir / "samples" / "fashion-10" / "card.toml")
+    assert manifest.class_names["item"] == bench.FASHION_CLASSES
+    assert list(manifest.frame["item"]) == [bench.FASHION_CLASSES[k] for k in labels[:10]]
+    root = workdir / "samples" / "fashion-10"
+    for i, path in enumerate(manifest.frame["image"]):
+        assert np.array_equal(np.asarray(Image.open(root / path)), images[i])
+    records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert {(r["sample"], r["task"]) for r in records} == {("fashion-10", "item")}
+
+    with pytest.raises(SystemExit, match="--fashion-n 13: .* holds 12 images"):
+        bench.write_fashion(tmp_path / "more" / "card.toml", n=13)
+
+
+def test_benchmark_refuses_fashion_without_the_debian_package(
+    bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench, "FASHION_DIR", tmp_path / "absent")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--samples", "shapes,fashion", "--out-md", str(tmp_path / "x.md")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--samples fashion: Fashion-MNIST's train-images-idx3-ubyte.gz, " in err
+    assert "apt-get install dataset-fashion-mnist" in err
