@@ -268,8 +268,10 @@ ByOption = Annotated[
     str | None,
     typer.Option(
         "--by",
-        help="Score: final (default), tail, mean, loss (small-loss baseline), or aum "
-        "(minus the mean classification margin; classification tasks only).",
+        help="Score: p_wrong (default: the probability that the label is wrong, from the "
+        "network's view of each instance and its log σ²), or one score alone for comparison: "
+        "final (log σ² after the last epoch, the paper's), tail, mean, loss (small-loss "
+        "baseline), aum (minus the mean classification margin; classification tasks only).",
     ),
 ]
 
@@ -539,6 +541,21 @@ def rank(
     run = _open(run_dir, allow_partial)
     frame = rank_instances(run, task=task, top=top, by=by or DEFAULT_BY)
     _emit(frame, fmt, output, f"Most suspect labels in {run_dir}")
+    _print_error_rates(frame.attrs.get("error_rates", {}), frame.attrs.get("notes", []))
+
+
+def _print_error_rates(rates: dict[str, Any], notes: list[str]) -> None:
+    """Each task's estimated error rate, on stderr (stdout stays the machine format)."""
+    from ilt_audit.internal.console import err_console
+
+    for name, rate in rates.items():
+        err_console.print(
+            f"Estimated error rate of {_markup_safe(name)}: {rate['estimate']:.1%} "
+            f"(95% interval {rate['low']:.1%}–{rate['high']:.1%}, {rate['n']} labels)",
+            highlight=False,
+        )
+    for note in notes:
+        err_console.print(f"[yellow]Note:[/] {_markup_safe(note)}", highlight=False)
 
 
 def _rank_label_studio(
@@ -715,6 +732,13 @@ def gate(
             "--max-suspect", help="Largest share of suspect instances per task: 2% or 0.02."
         ),
     ] = "2%",
+    max_error_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--max-error-rate",
+            help="Also fail a task whose estimated error rate is above this: 2% or 0.02.",
+        ),
+    ] = None,
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
     by: ByOption = None,
     junit: Annotated[
@@ -735,9 +759,12 @@ def gate(
     output: OutputOption = None,
     allow_partial: AllowPartialOption = False,
 ) -> None:
-    """Fail (exit 1) when a task has more suspect labels than allowed; for CI.
+    """Fail (exit 1) when a task has more suspect labels, or a higher estimated error rate, than
+    allowed; for CI.
 
     Example: ilt-audit gate runs/shapes --max-suspect 2% --junit gate.xml --summary gate.md
+
+    Example: ilt-audit gate runs/shapes --max-error-rate 5%
     """
     import json
 
@@ -752,7 +779,13 @@ def gate(
     for path in (junit, summary, output):  # checked before any work: one bad, none written
         if path is not None:
             check_output(path)
-    result = run_gate(_open(run_dir, allow_partial), task=task, max_suspect=max_suspect, by=by)
+    result = run_gate(
+        _open(run_dir, allow_partial),
+        task=task,
+        max_suspect=max_suspect,
+        by=by,
+        max_error_rate=max_error_rate,
+    )
     if junit is not None:
         write_text_atomic(junit, junit_xml(result))
     if summary is not None:
@@ -767,16 +800,25 @@ def gate(
         frame = pd.concat(parts, ignore_index=True)[["rank", "id", "task", "score", "label"]]
         _emit(frame, fmt, output, "")
     if result.passed:
-        err_console.print(
-            f"[green]Gate passed:[/] at most {_markup_safe(max_suspect)} suspect in every task.",
-            highlight=False,
-        )
+        within = f"at most {_markup_safe(max_suspect)} suspect"
+        if max_error_rate is not None:
+            within += f" and an estimated error rate of at most {_markup_safe(max_error_rate)}"
+        err_console.print(f"[green]Gate passed:[/] {within} in every task.", highlight=False)
         return
     for t in result.failed:
+        reasons = []
+        if t.suspects > t.allowed:
+            reasons.append(
+                f"{t.suspects} of {t.instances} instances suspect ({t.share:.1%}), more than "
+                f"{t.limit:.1%} ({t.allowed})"
+            )
+        if not t.rate_passed:
+            reasons.append(
+                f"estimated error rate {t.error_rate.estimate:.1%} (95% interval "
+                f"{t.error_rate.low:.1%}–{t.error_rate.high:.1%}), more than {t.max_error_rate:.1%}"
+            )
         err_console.print(
-            f"[bold red]Gate failed:[/] task {_markup_safe(t.task)}: {t.suspects} of "
-            f"{t.instances} instances suspect ({t.share:.1%}), more than {t.limit:.1%} "
-            f"({t.allowed}).",
+            f"[bold red]Gate failed:[/] task {_markup_safe(t.task)}: {'; '.join(reasons)}.",
             highlight=False,
         )
     raise typer.Exit(1)
@@ -788,10 +830,14 @@ def _print_gate(result: Any) -> None:
 
     console = Console()
     table = Table(title=_cell(f"Suspect labels in {result.run_dir} (score {result.score})"))
-    for column in ("task", "instances", "suspects", "share", "limit", "cut-off", "result"):
+    columns = ("task", "instances", "suspects", "share", "limit", "cut-off", "error rate", "result")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("task", "result") else "right")
     for t in result.tasks:
         verdict = "[green]pass[/]" if t.passed else "[bold red]FAIL[/]"
+        rate = "—"
+        if t.error_rate is not None:
+            rate = f"{t.error_rate.estimate:.1%} ({t.error_rate.low:.1%}–{t.error_rate.high:.1%})"
         table.add_row(
             _cell(t.task),
             str(t.instances),
@@ -799,6 +845,7 @@ def _print_gate(result: Any) -> None:
             f"{t.share:.1%}",
             f"{t.limit:.1%} ({t.allowed})",
             f"{t.cutoff.threshold:.4g}",
+            rate,
             verdict,
         )
     console.print(table)

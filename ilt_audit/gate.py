@@ -1,5 +1,11 @@
 """The CI gate: which instances are *suspect*, and whether a task has too many of them.
 
+By default (``--by p_wrong``) a label is suspect when its ``p_wrong`` is above
+:data:`ilt_audit.calibration.SUSPECT` (0.5: more likely wrong than right), the same meaning for
+every task type, and each task also has an estimated error rate with a 95% interval
+(:mod:`ilt_audit.calibration`); ``max_error_rate`` fails a task whose estimate is above it.
+
+The single scores of ``--by`` (``final``, ``tail``, ``mean``, ``loss``) keep the rule below.
 A score's raw scale changes with the task and the data (a task the network fits well has every
 ``log σ²`` low, a hard one has them all higher), so "suspect" is not a fixed cut on the score but
 an outlier rule on each task's own scores, in log-variance units. With ``m`` the median of the
@@ -41,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ilt_audit.calibration import SUSPECT, ErrorRate
 from ilt_audit.errors import OptionError
 from ilt_audit.internal.markup import xml_text
 from ilt_audit.ranking import (
@@ -62,6 +69,7 @@ MAX_GAP = 3.5  # ... and always suspect this far above it: σ² > e^3.5 ≈ 33 �
 UPPER_QUARTILE_Z = 0.6745  # the upper quartile of a standard normal distribution
 LOG_SCORES = {"loss"}  # scores compared on a log scale (the others already are log σ²)
 SCORE_NAMES = {
+    "p_wrong": "the probability that the label is wrong",
     "tail": "mean log σ² over the last quarter of the epochs",
     "final": "log σ² after the last epoch",
     "mean": "mean log σ² over all epochs",
@@ -114,9 +122,9 @@ def resolve_score(run: RunLike, by: str | None = None) -> str:
     """
     weighting = open_run(run).weighting
     if by is None:
-        return DEFAULT_BY if weighting == "ilt" else "loss"
+        return DEFAULT_BY  # p_wrong: from the evidence, whatever the weighting
     check_by(by)
-    if weighting != "ilt" and SCORES[by].column == "log_sigma2":
+    if weighting != "ilt" and SCORES[by].column == "log_sigma2" and not SCORES[by].audited:
         raise OptionError(
             f"--by {by}: the run was trained with --weighting {weighting}, which has no "
             "per-instance log σ²; use --by loss"
@@ -124,7 +132,7 @@ def resolve_score(run: RunLike, by: str | None = None) -> str:
     return by
 
 
-def parse_share(text: str | float) -> float:
+def parse_share(text: str | float, *, option: str = "--max-suspect") -> float:
     """``"2%"`` or ``0.02`` → 0.02; a share must lie within [0, 1].
 
     Example:
@@ -137,9 +145,7 @@ def parse_share(text: str | float) -> float:
         value = float(match.group(1)) / (100 if match.group(2) else 1)
         if 0 <= value <= 1:
             return value
-    raise OptionError(
-        f"--max-suspect {raw!r}: give a share of the instances, as 2% or 0.02 (0 to 100%)"
-    )
+    raise OptionError(f"{option} {raw!r}: give a share of the instances, as 2% or 0.02 (0 to 100%)")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: it holds a DataFrame and arrays
@@ -179,7 +185,10 @@ def find_suspects(
     parts, flags = [], []
     for name in task_order(run, rows, task):
         values = scored.values[rows[name]]
-        cutoffs[name] = cut = cutoff(values, log=by in LOG_SCORES)
+        if SCORES[by].audited:  # a probability: the same cut for every task
+            cutoffs[name] = cut = Cutoff(float(np.median(values)), 0.0, SUSPECT)
+        else:
+            cutoffs[name] = cut = cutoff(values, log=by in LOG_SCORES)
         instances[name] = len(values)
         suspects = int((values > cut.threshold).sum())
         part = scored.highest(rows[name], max(suspects, min(top, len(values))))
@@ -202,6 +211,8 @@ class TaskGate:
     limit: float  # the largest share of suspects that passes
     cutoff: Cutoff
     suspect_list: pd.DataFrame  # rank, id, score, label of the suspects, highest score first
+    error_rate: ErrorRate | None = None  # the estimated share of wrong labels (by p_wrong)
+    max_error_rate: float | None = None  # the largest estimate that passes (None: not gated)
 
     @property
     def share(self) -> float:
@@ -213,8 +224,15 @@ class TaskGate:
         return math.floor(self.limit * self.instances + 1e-9)
 
     @property
+    def rate_passed(self) -> bool:
+        """Whether the estimated error rate is within ``max_error_rate`` (True when not gated)."""
+        if self.max_error_rate is None or self.error_rate is None:
+            return True
+        return self.error_rate.estimate <= self.max_error_rate + 1e-12
+
+    @property
     def passed(self) -> bool:
-        return self.suspects <= self.allowed
+        return self.suspects <= self.allowed and self.rate_passed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +245,8 @@ class TaskGate:
             "allowed": self.allowed,
             "passed": self.passed,
             "cutoff": self.cutoff.to_dict(),
+            "error_rate": self.error_rate.to_dict() if self.error_rate is not None else None,
+            "max_error_rate": self.max_error_rate,
             "suspect_list": self.suspect_list.to_dict(orient="records"),
         }
 
@@ -260,6 +280,7 @@ class GateResult:
             "score": self.score,
             "max_suspect": self.max_suspect,
             "rule": {
+                "p_wrong_above": SUSPECT if SCORES[self.score].audited else None,
                 "sigmas": SIGMAS,
                 "min_gap": MIN_GAP,
                 "max_gap": MAX_GAP,
@@ -275,10 +296,12 @@ def gate(
     task: str | None = None,
     max_suspect: str | float = 0.02,
     by: str | None = None,
+    max_error_rate: str | float | None = None,
 ) -> GateResult:
-    """Judge a run: a task passes when at most ``max_suspect`` of its instances are suspect.
+    """Judge a run: a task passes when at most ``max_suspect`` of its instances are suspect and,
+    with ``max_error_rate``, its estimated error rate is at most that.
 
-    ``max_suspect`` is a share (``0.02``) or a percentage (``"2%"``).
+    ``max_suspect`` and ``max_error_rate`` are shares (``0.02``) or percentages (``"2%"``).
 
     Example:
         >>> result = gate("runs/shapes", max_suspect="2%")  # doctest: +SKIP
@@ -287,16 +310,35 @@ def gate(
     """
     run = open_run(run)
     limit = parse_share(max_suspect)
+    rate_limit = (
+        parse_share(max_error_rate, option="--max-error-rate")
+        if max_error_rate is not None
+        else None
+    )
     by = resolve_score(run, by)
+    if rate_limit is not None and not SCORES[by].audited:
+        raise OptionError(
+            f"--max-error-rate needs the error-rate estimate of --by {DEFAULT_BY}, not --by {by}"
+        )
     found = find_suspects(run, task=task, by=by)
     types = run.task_types
     verdicts = []
     for name, cut in found.cutoffs.items():
         part = found.table[(found.table.task == name) & found.table.suspect]
         flagged = part[["rank", "id", "score", "label"]].reset_index(drop=True)
+        audit = found.scores.audit
+        rate = audit.rates.get(name) if audit is not None else None
         verdicts.append(
             TaskGate(
-                name, types.get(name, ""), found.instances[name], len(flagged), limit, cut, flagged
+                name,
+                types.get(name, ""),
+                found.instances[name],
+                len(flagged),
+                limit,
+                cut,
+                flagged,
+                rate,
+                rate_limit,
             )
         )
     epochs = (len(run.epochs), run.planned)
@@ -311,10 +353,20 @@ def _percent(share: float) -> str:
 
 
 def _verdict_line(t: TaskGate) -> str:
-    return (
+    line = (
         f"{t.suspects} of {t.instances} instances suspect ({_percent(t.share)}); "
         f"the limit is {_percent(t.limit)} ({t.allowed})"
     )
+    if t.error_rate is not None:
+        line += f"; estimated error rate {rate_text(t.error_rate)}"
+        if t.max_error_rate is not None:
+            line += f", the limit is {_percent(t.max_error_rate)}"
+    return line
+
+
+def rate_text(rate: ErrorRate) -> str:
+    """An error rate as people read it: ``4.1% (95% interval 2.9–5.3%)``."""
+    return f"{_percent(rate.estimate)} (95% interval {_percent(rate.low)}–{_percent(rate.high)})"
 
 
 def junit_xml(result: GateResult, *, top: int = 50) -> str:
@@ -380,6 +432,12 @@ def _suspect_lines(t: TaskGate, top: int) -> str:
 
 def rule_text(score: str) -> str:
     """One sentence that says when an instance is suspect under a score."""
+    if score in SCORES and SCORES[score].audited:
+        return (
+            f"Suspect: p_wrong above {SUSPECT:g}, the probability that the label is wrong from "
+            "the network's own view of the instance and its log σ² (more likely wrong than "
+            "right); the error rate is the mean of p_wrong."
+        )
     value = {"loss": "log(loss)", "margin": "minus the mean margin"}.get(
         SCORES[score].column if score in SCORES else "", "log σ²"
     )
@@ -420,14 +478,17 @@ def markdown_summary(result: GateResult, *, top: int = 10) -> str:
         f"at most {_percent(result.max_suspect)} suspect per task.",
         "",
         *([f"> **Warning:** {_md(result.partial_note)}", ""] if result.partial_note else []),
-        "| task | instances | suspects | share | limit | result |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| task | instances | suspects | share | limit | estimated error rate | result |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for t in result.tasks:
         outcome = "✅ pass" if t.passed else "❌ fail"
+        rate = rate_text(t.error_rate) if t.error_rate is not None else "—"
+        if t.max_error_rate is not None:
+            rate += f" (limit {_percent(t.max_error_rate)})"
         lines.append(
             f"| {_md(t.task)} | {t.instances} | {t.suspects} | {_percent(t.share)} | "
-            f"{_percent(t.limit)} ({t.allowed}) | {outcome} |"
+            f"{_percent(t.limit)} ({t.allowed}) | {rate} | {outcome} |"
         )
     for t in result.tasks:
         if not t.suspects:

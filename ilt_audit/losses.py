@@ -71,27 +71,6 @@ def likelihood_scale(tasks: tuple[TaskSpec, ...]) -> torch.Tensor:
     return torch.tensor([1.0 if LIKELIHOOD[t.type] == "cls" else 0.5 for t in tasks])
 
 
-def margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The margin of each instance: the logit of its assigned class minus the largest other logit.
-
-    Pleiss et al., "Identifying Mislabeled Data using the Area Under the Margin Ranking"
-    (NeurIPS 2020), eq. (1). Negative when another class scores higher. logits (B, C), target (B,)
-    → (B,); with a single class there is no other logit, and the margin is +inf.
-    """
-    assigned = logits.gather(1, target[:, None]).squeeze(1)  # (B,)
-    others = logits.scatter(1, target[:, None], float("-inf"))  # (B, C), the assigned class out
-    return assigned - others.max(dim=1).values
-
-
-# The task types that have a margin (a class per instance, one logit per class).
-MARGIN = {"classification"}
-
-
-def margin_columns(tasks: tuple[TaskSpec, ...]) -> list[int]:
-    """The positions of the tasks that have a margin, in the card's order."""
-    return [k for k, t in enumerate(tasks) if t.type in MARGIN]
-
-
 def instance_losses(
     tasks: tuple[TaskSpec, ...], outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 ) -> torch.Tensor:

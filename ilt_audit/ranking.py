@@ -1,8 +1,9 @@
 """Scores and rankings: which instances' labels look wrong, per task.
 
-A score aggregates an instance's ``log σ²`` trajectory (or, for the small-loss baseline, its loss
-trajectory, and for the AUM baseline its margin trajectory) into one number; higher means more
-likely a wrong label. The aggregates are looked up by name in :data:`SCORES`.
+The default score, ``p_wrong``, is the probability that a label is wrong, from the network's own
+view of each instance and its ``log σ²`` (:mod:`ilt_audit.calibration`). The other scores of
+:data:`SCORES` aggregate one trajectory alone, for comparison: ``log σ²`` (the paper's ``final``),
+the loss (the small-loss baseline), the margin (AUM); higher means more likely a wrong label.
 
 Example:
     >>> rank("runs/shapes", task="shape", top="10%")  # doctest: +SKIP
@@ -20,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ilt_audit.calibration import Audit, audit
 from ilt_audit.errors import OptionError
 from ilt_audit.manifest import Manifest
 from ilt_audit.rundir import RunLike, open_run
@@ -41,13 +43,18 @@ def _every(epochs: list[int]) -> list[int]:
 
 @dataclass(frozen=True)
 class Score:
-    """A score: the mean of one trajectory column over some of the run's epochs."""
+    """A score: the mean of one trajectory column over some of the run's epochs, or (``audited``)
+    ``p_wrong`` from :func:`ilt_audit.calibration.audit`, whose ``column`` is then the trajectory
+    a report plots."""
 
     column: str  # "log_sigma2", "loss" or "margin" (scored as its negative: low is suspect)
     epochs: Callable[[list[int]], list[int]]  # the run's epochs (ascending) -> the epochs it reads
+    audited: bool = False
 
 
 SCORES: dict[str, Score] = {
+    # the probability that the label is wrong, from the evidence and log σ² (ilt_audit.calibration)
+    "p_wrong": Score("log_sigma2", _every, audited=True),
     "final": Score("log_sigma2", _last),  # log σ² after the last epoch (the paper's choice)
     "tail": Score("log_sigma2", _last_quarter),  # mean log σ² over the last quarter of the epochs
     "mean": Score(
@@ -58,7 +65,8 @@ SCORES: dict[str, Score] = {
     # assigned class's logit minus the largest other; classification tasks only
     "aum": Score("margin", _every),
 }
-DEFAULT_BY = "final"
+DEFAULT_BY = "p_wrong"
+TIE = 1e-6  # p_wrong's ties (labels certain either way) are ordered within this, by distance
 
 
 def check_by(by: str) -> str:
@@ -73,6 +81,7 @@ class Scores:
 
     keys: pa.Table  # id (string), task (dictionary of strings): R rows
     values: np.ndarray  # (R,) the score of each key
+    audit: Audit | None = None  # the evidence behind a p_wrong score, with the error rates
 
     def by_task(self) -> dict[str, np.ndarray]:
         """Each task's rows (indices into ``keys``), in key order; tasks without rows left out."""
@@ -136,6 +145,10 @@ def read_scores(run: RunLike, *, by: str = DEFAULT_BY) -> Scores:
     check_by(by)
     score = SCORES[by]
     run = open_run(run)
+    if score.audited:
+        found = audit(run)
+        order = 1.0 / (1.0 + np.exp(-np.clip(found.distance, -50, 50) / 4))  # (0, 1), by distance
+        return Scores(found.keys, found.p_wrong * (1 - TIE) + TIE * order, found)
     matrix = read_matrix(run.path, score.column, epochs=score.epochs(list(run.epochs)))
     if len(matrix.epochs) == 1:
         values = matrix.values[0]  # (R,) as stored: float32
@@ -241,8 +254,10 @@ def rank(
     """Per task, the instances with the highest score, highest first.
 
     Columns: ``rank, id, task, score, label``. ``top`` is a count (``500``) or a share of the
-    task's instances (``"40%"``); None keeps every instance. A score by margin (``by="aum"``)
-    lists the classification tasks only.
+    task's instances (``"40%"``); None keeps every instance. By ``p_wrong`` (the default) the
+    score is the probability that the label is wrong, and ``frame.attrs["error_rates"]`` holds
+    each task's estimated error rate (:meth:`ilt_audit.calibration.ErrorRate.to_dict`). A score by
+    margin (``by="aum"``) lists the classification tasks only.
 
     Example:
         >>> rank("runs/shapes", top="5%").head(3)  # doctest: +SKIP
@@ -264,4 +279,9 @@ def rank(
     result = scored.frame(parts)
     if labels:
         result["label"] = labels_of(run.manifest("to show labels"), result)
+    if scored.audit is not None:  # p_wrong: each task's estimated error rate, and what it used
+        result.attrs["error_rates"] = {  # plain data: pandas writes attrs into Parquet files
+            name: scored.audit.rates[name].to_dict() for name in task_order(run, rows, task)
+        }
+        result.attrs["notes"] = list(scored.audit.notes)
     return result

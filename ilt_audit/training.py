@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ilt_audit import __version__, distributed
-from ilt_audit.card import Card, load_card
+from ilt_audit import __version__, distributed, evidence
+from ilt_audit.card import Card, TaskSpec, load_card
 from ilt_audit.data import (
     Dataset,
     EpochBatches,
@@ -52,7 +52,7 @@ from ilt_audit.inputs import check_card, check_files, record_files, write_files
 from ilt_audit.internal.console import progress
 from ilt_audit.internal.files import write_atomic
 from ilt_audit.internal.lock import LOCK_FILE, run_lock
-from ilt_audit.losses import instance_losses, likelihood_scale, margin, margin_columns
+from ilt_audit.losses import instance_losses, likelihood_scale
 from ilt_audit.manifest import load_manifest
 from ilt_audit.metrics import task_metrics
 from ilt_audit.model import (
@@ -252,7 +252,12 @@ class _Run:
         self.device = device
         self.place = place = place or Place()
         self.tasks = data.card.tasks
-        self.margin_columns = margin_columns(self.tasks)  # the classification tasks
+        self.slots = evidence.slots(self.tasks)  # the evidence columns of each task
+        # regression labels in the data's own units, for the evidence of unit errors and holes
+        self.evidence_scales = {
+            name: evidence.Scale(*(v.to(device) for v in data.norm.target(name)))
+            for name in data.norm.targets
+        }
         self.autocast = resolve_precision(config.precision, device)
         set_seed(config.seed)
         self.model = build_network(data, config).to(device)
@@ -538,10 +543,10 @@ def _train(
         train_ids = pa.array(data.ids, pa.string()).take(pa.array(data.train_index))
         writer = TrajectoryWriter(out, train_ids, [t.name for t in run.tasks])
     for epoch in range(start_epoch, config.epochs + 1):
-        row, last_loss, last_margin = _train_epoch(run, epoch, config.epochs)
+        row, last_loss, last_evidence = _train_epoch(run, epoch, config.epochs)
         if writer is not None:
             _write_epoch(
-                out, run, writer, epoch, row, (last_loss, last_margin), metrics, config_json
+                out, run, writer, epoch, row, (last_loss, last_evidence), metrics, config_json
             )
             if on_epoch is not None:
                 on_epoch(row)
@@ -565,13 +570,12 @@ def _train_epoch(
     run: _Run, epoch: int, epochs: int
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """One pass over the training rows; returns the metrics row, each instance's last loss (N, K)
-    and its last margin on the classification tasks (N, C), both from the training forward pass."""
+    and its evidence (N, S) (:mod:`ilt_audit.evidence`), both from the training forward pass."""
     data, tasks = run.data, run.tasks
     n, k = len(data.train_index), len(tasks)
-    columns = run.margin_columns
     run.model.train()
     last_loss = torch.zeros(n, k)  # (N, K): each instance's unweighted loss this epoch
-    margins = _Margins(n, [tasks[c].name for c in columns])
+    seen_evidence = _Evidence(n, tasks, run.evidence_scales)
     trained = torch.zeros(n, dtype=torch.bool)  # (N,): the rows this epoch trained
     loss_sum = torch.zeros(k, device=run.device)  # (K,) running sum, for the progress bar
     seen = 0
@@ -613,8 +617,7 @@ def _train_epoch(
                 run.scaler.update()
             l = l.detach()
             last_loss[positions] = l.cpu()
-            if columns:
-                margins.add(positions, outputs, targets)
+            seen_evidence.add(positions, outputs, targets)
             trained[positions] = True
             loss_sum += l.sum(dim=0)
             seen += len(positions)
@@ -627,13 +630,11 @@ def _train_epoch(
                     completed=step,
                     info=" ".join(f"{t.name} {m:.3f}" for t, m in zip(tasks, means, strict=True)),
                 )
-    last_margin = margins.values()  # (N, C): each instance's margin on each classification task
+    last_evidence = seen_evidence.values()  # (N, S): each instance's evidence, slot by slot
     if run.place.active:  # each rank trained its share of the rows: every rank gets them all
-        if columns:  # the margins travel with the losses: one all-reduce
-            both = distributed.sum_(torch.cat([last_loss, last_margin], dim=1), run.place)
-            last_loss, last_margin = both[:, :k].contiguous(), both[:, k:].contiguous()
-        else:
-            distributed.sum_(last_loss, run.place)
+        # the evidence travels with the losses: one all-reduce
+        both = distributed.sum_(torch.cat([last_loss, last_evidence], dim=1), run.place)
+        last_loss, last_evidence = both[:, :k].contiguous(), both[:, k:].contiguous()
         trained = distributed.sum_(trained.to(torch.int32), run.place) > 0
     run.weighting.end_epoch(last_loss, trained)  # ILT's sparse update, once per row
     seconds = time.perf_counter() - started  # the update included: it is part of ILT's cost
@@ -646,23 +647,35 @@ def _train_epoch(
     }
     if run.val_loader is not None and run.place.main:
         row["val"] = task_metrics(run, run.val_loader)
-    return row, last_loss, last_margin
+    return row, last_loss, last_evidence
 
 
-class _Margins:
-    """Each instance's classification margin (:func:`ilt_audit.losses.margin`) in an epoch.
+class _Evidence:
+    """Each instance's evidence (:mod:`ilt_audit.evidence`) in an epoch: (N, S), one column per
+    (task, signal) slot.
 
-    The margins come from the training step's own outputs. A batch only keeps references to its
-    logits and labels; every ``every`` batches they are concatenated and their margins computed
-    at once, so that a batch does not pay a margin's handful of small operations (a few per cent
-    of a small network's step).
+    The signals come from the training step's own outputs. A batch only keeps references to its
+    outputs and targets; every ``every`` batches, or sooner once they hold ``budget`` output
+    values (large dense maps), they are concatenated and every signal computed at once, so that a
+    batch does not pay the signals' handful of small operations (a few per cent of a small
+    network's step).
     """
 
-    def __init__(self, n: int, tasks: list[str], every: int = 32) -> None:
-        self.tasks = tasks  # the classification tasks, in the card's order
-        self.every = every
-        self._values = torch.zeros(n, len(tasks))  # (N, C)
-        self._pending: list[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]] = []
+    def __init__(
+        self,
+        n: int,
+        tasks: tuple[TaskSpec, ...],
+        scales: dict[str, evidence.Scale],
+        every: int = 32,
+        budget: int = 1 << 24,
+    ) -> None:
+        self.tasks = tasks
+        self.scales = scales
+        self.every, self.budget = every, budget
+        self._values = torch.zeros(n, len(evidence.slots(tasks)))  # (N, S)
+        self._pending: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+        self._pending = []
+        self._held = 0
 
     def add(
         self,
@@ -670,23 +683,25 @@ class _Margins:
         outputs: dict[str, torch.Tensor],
         targets: dict[str, torch.Tensor],
     ) -> None:
-        logits = [outputs[name].detach() for name in self.tasks]  # (B, classes) each
-        self._pending.append((positions, logits, [targets[name] for name in self.tasks]))
-        if len(self._pending) >= self.every:
+        kept = {name: out.detach() for name, out in outputs.items()}
+        self._pending.append((positions, kept, targets))
+        self._held += sum(out.numel() for out in kept.values())
+        if len(self._pending) >= self.every or self._held >= self.budget:
             self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
             return
         positions = torch.cat([p for p, _, _ in self._pending])  # (R,)
-        for j in range(len(self.tasks)):
-            logits = torch.cat([o[j] for _, o, _ in self._pending]).float()  # (R, classes)
-            target = torch.cat([t[j] for _, _, t in self._pending])  # (R,)
-            self._values[positions, j] = margin(logits, target).cpu()
+        names = [t.name for t in self.tasks]
+        outputs = {name: torch.cat([o[name] for _, o, _ in self._pending]) for name in names}
+        targets = {name: torch.cat([t[name] for _, _, t in self._pending]) for name in names}
+        self._values[positions] = evidence.compute(self.tasks, outputs, targets, self.scales).cpu()
         self._pending.clear()
+        self._held = 0
 
     def values(self) -> torch.Tensor:
-        """The margins of the epoch, (N, C); 0 for rows the epoch did not train."""
+        """The evidence of the epoch, (N, S); 0 for rows the epoch did not train."""
         self._flush()
         return self._values
 
@@ -703,9 +718,9 @@ def _write_epoch(
 ) -> None:
     """Write a finished epoch: its trajectory file, its metrics line, then the checkpoint.
 
-    ``last`` is each instance's last loss (N, K) and its margin on the classification tasks
-    (N, C); the other tasks have no margin and get NaN."""
-    last_loss, last_margin = last
+    ``last`` is each instance's last loss (N, K) and its evidence (N, S), one column per
+    (task, signal) slot; a signal a task does not have is NaN in the file."""
+    last_loss, last_evidence = last
     if run.params is not None:
         log_sigma2 = run.params.log_sigma2.cpu().numpy()
     else:
@@ -713,9 +728,14 @@ def _write_epoch(
         log_sigma2 = np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
         if isinstance(shared, torch.Tensor):
             log_sigma2[:] = shared.detach().cpu().numpy()
-    margin = np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
-    margin[:, run.margin_columns] = last_margin.numpy()
-    writer.write(epoch, log_sigma2, last_loss.numpy(), margin=margin)
+    columns: dict[str, np.ndarray] = {}
+    found = last_evidence.numpy()
+    for position, slot in enumerate(run.slots):
+        column = columns.setdefault(
+            slot.signal.column, np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
+        )
+        column[:, slot.task] = found[:, position]
+    writer.write(epoch, log_sigma2, last_loss.numpy(), evidence=columns)
     metrics.append(row)
     write_metrics(out, metrics)
     state = run.state_dict(epoch, config_json)

@@ -1,11 +1,12 @@
 """The trajectory files of a run: one Parquet file per epoch, written atomically.
 
 Schema (SPEC 5): ``epoch`` int32, ``id`` string, ``task`` string, ``log_sigma2`` float32,
-``loss`` float32, ``margin`` float32: one row per trained instance per task. ``loss`` is the
-instance's unweighted task loss ``l_ik`` when it was last seen in a batch of that epoch, ``margin``
-its classification margin in that same forward pass (the assigned class's logit minus the largest
-other logit; NaN for tasks that are not classification). Files written before ``margin`` existed
-read as if the column held NaN.
+``loss`` float32, then one float32 column per evidence signal (:data:`ilt_audit.evidence.COLUMNS`:
+``margin``, ``p_label``, ``predicted``, ``missing``, ``extra``, ``iou``, ``residual``,
+``log_ratio``, ``holes``): one row per trained instance per task. ``loss`` is the instance's
+unweighted task loss ``l_ik`` when it was last seen in a batch of that epoch; the evidence comes
+from that same forward pass, and a signal its task type does not have is NaN. Files written
+before a column existed read as if the column held NaN.
 
 Example:
     >>> read_trajectories("runs/shapes").groupby("task").log_sigma2.max()  # doctest: +SKIP
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ilt_audit.errors import RunDirError
+from ilt_audit.evidence import COLUMNS as EVIDENCE_COLUMNS
 from ilt_audit.internal.files import write_atomic
 
 SCHEMA = pa.schema(
@@ -36,13 +38,13 @@ SCHEMA = pa.schema(
         ("task", pa.string()),
         ("log_sigma2", pa.float32()),
         ("loss", pa.float32()),
-        ("margin", pa.float32()),
+        *((column, pa.float32()) for column in EVIDENCE_COLUMNS),
     ]
 )
-OPTIONAL_COLUMNS = ("margin",)  # absent from older files: read as NaN
+OPTIONAL_COLUMNS = EVIDENCE_COLUMNS  # absent from older files: read as NaN
 KEYS_METADATA = b"ilt_audit.row_order"  # fingerprint of the (id, task) row order
 _FILE = re.compile(r"^epoch-(\d{4,})(?:-rank(\d+))?\.parquet$")
-VALUE_COLUMNS = ("log_sigma2", "loss", "margin")
+VALUE_COLUMNS = ("log_sigma2", "loss", *EVIDENCE_COLUMNS)
 _ROW = "__row"  # a column of row numbers, carried through joins
 
 
@@ -84,28 +86,37 @@ class TrajectoryWriter:
         rank: int | None = None,
         *,
         margin: np.ndarray | None = None,
+        evidence: Mapping[str, np.ndarray] | None = None,
     ) -> Path:
-        """Write one epoch's (N, K) ``log σ²``, losses and margins (None: NaN), atomically."""
-        if margin is None:
-            margin = np.full(self.shape, np.nan, dtype=np.float32)
-        shapes = [a.shape for a in (log_sigma2, loss, margin)]
+        """Write one epoch's (N, K) ``log σ²``, losses and evidence columns (missing: NaN),
+        atomically. ``margin`` is the evidence column of that name."""
+        given = dict(evidence or {})
+        if margin is not None:
+            given["margin"] = margin
+        unknown = [name for name in given if name not in EVIDENCE_COLUMNS]
+        if unknown:
+            raise ValueError(f"no evidence column {unknown[0]!r}; they are {EVIDENCE_COLUMNS}")
+        shapes = [a.shape for a in (log_sigma2, loss, *given.values())]
         if any(shape != self.shape for shape in shapes):
             raise ValueError(f"expected ({self.shape}) arrays, got {', '.join(map(str, shapes))}")
         rows = self.shape[0] * self.shape[1]
+        values = [log_sigma2, loss, *(given.get(name) for name in EVIDENCE_COLUMNS)]
+        arrays = [_floats(v, rows) if v is not None else _nan_column(rows) for v in values]
         table = pa.Table.from_arrays(
-            [
-                pa.array(np.full(rows, epoch, dtype=np.int32)),
-                self.ids,
-                self.tasks,
-                pa.array(np.ascontiguousarray(log_sigma2, dtype=np.float32).reshape(-1)),
-                pa.array(np.ascontiguousarray(loss, dtype=np.float32).reshape(-1)),
-                pa.array(np.ascontiguousarray(margin, dtype=np.float32).reshape(-1)),
-            ],
+            [pa.array(np.full(rows, epoch, dtype=np.int32)), self.ids, self.tasks, *arrays],
             schema=SCHEMA.with_metadata(self.metadata),
         )
         path = epoch_file(self.run_dir, epoch, rank)
         write_atomic(path, lambda tmp: pq.write_table(table, tmp), make_folder=True)
         return path
+
+
+def _floats(values: np.ndarray, rows: int) -> pa.Array:
+    return pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(rows))
+
+
+def _nan_column(rows: int) -> pa.Array:
+    return pa.array(np.full(rows, np.nan, dtype=np.float32))
 
 
 def _fingerprint(ids: pa.Array, tasks: list[str]) -> str:
@@ -128,9 +139,11 @@ def write_epoch(
     rank: int | None = None,
     *,
     margin: np.ndarray | None = None,
+    evidence: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write one epoch's (N, K) ``log σ²``, losses and margins as a tidy table, atomically."""
-    return TrajectoryWriter(run_dir, ids, tasks).write(epoch, log_sigma2, loss, rank, margin=margin)
+    """Write one epoch's (N, K) ``log σ²``, losses and evidence as a tidy table, atomically."""
+    writer = TrajectoryWriter(run_dir, ids, tasks)
+    return writer.write(epoch, log_sigma2, loss, rank, margin=margin, evidence=evidence)
 
 
 def epoch_files(run_dir: Path) -> dict[int, list[Path]]:
@@ -321,8 +334,8 @@ def read_matrix(
     tasks: Collection[str] | None = None,
     ids: Collection[str] | pa.Array | None = None,
 ) -> TrajectoryMatrix:
-    """One value column (``log_sigma2``, ``loss`` or ``margin``) of some epochs as an (E, R)
-    float32 matrix.
+    """One value column (``log_sigma2``, ``loss`` or an evidence column) of some epochs as an
+    (E, R) float32 matrix.
 
     When every chosen epoch's files carry the same row-order fingerprint (runs written by
     :class:`TrajectoryWriter`), the keys are read once and each epoch costs one float column.

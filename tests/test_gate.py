@@ -169,11 +169,13 @@ def test_gate_on_something_that_is_not_a_run_exits_2(cli, tmp_path):
     assert "not a run directory" in result.err
 
 
-def test_a_run_without_ilt_parameters_is_judged_by_its_loss(cli, features_card, tmp_path, tiny):
+def test_a_run_without_ilt_parameters_is_judged_by_its_evidence(cli, features_card, tmp_path, tiny):
     train(features_card, tmp_path / "equal", config=tiny(epochs=1, weighting="equal"))
     result = cli("gate", tmp_path / "equal", "--max-suspect", "100%", "--format", "json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["score"] == "loss"
+    found = json.loads(result.stdout)
+    assert found["score"] == "p_wrong"  # the network's view needs no log σ²
+    assert all(0 <= t["error_rate"]["estimate"] <= 1 for t in found["tasks"])
     refused = cli("gate", tmp_path / "equal", "--by", "tail")
     assert refused.exit_code == 2
     assert "--weighting equal, which has no per-instance log σ²; use --by loss" in refused.err
@@ -193,7 +195,9 @@ def test_junit_has_one_test_case_per_task_and_a_failure_when_over(cli, scored_ru
     assert list(cases) == ["label", "target"]
     failure = cases["label"].find("failure")
     assert failure is not None
-    assert failure.get("message") == "2 of 40 instances suspect (5.0%); the limit is 2.0% (0)"
+    message = failure.get("message") or ""
+    assert message.startswith("2 of 40 instances suspect (5.0%); the limit is 2.0% (0); ")
+    assert "estimated error rate" in message
     assert [line.split()[1] for line in (failure.text or "").splitlines()] == list(PLANTED)
     assert cases["target"].find("failure") is None
     properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
@@ -246,6 +250,7 @@ def test_json_is_the_full_result(cli, scored_run):
     assert found["passed"] is False
     assert found["max_suspect"] == 0.02
     assert found["rule"] == {
+        "p_wrong_above": 0.5,
         "sigmas": SIGMAS,
         "min_gap": MIN_GAP,
         "max_gap": MAX_GAP,
@@ -280,7 +285,8 @@ def test_suspect_lists_are_the_full_rankings_rows_above_the_cut_off(planted_run)
     ranked = rank(planted_run.run, by=result.score)  # every instance, with its label
     for verdict in result.tasks:
         part = ranked[ranked.task == verdict.task]
-        threshold = cutoff(part.score.to_numpy()).threshold
+        threshold = verdict.cutoff.threshold  # p_wrong: more likely wrong than right
+        assert threshold == 0.5
         expected = part[part.score > threshold][["rank", "id", "score", "label"]]
         assert verdict.instances == len(part)
         pd.testing.assert_frame_equal(verdict.suspect_list, expected.reset_index(drop=True))

@@ -112,7 +112,7 @@ def test_mao_trains_and_keeps_its_moments_in_the_checkpoint(features_card, tmp_p
     frame = pd.read_parquet(run / "trajectories")
     assert frame.log_sigma2.isna().all()  # no per-instance log σ² ...
     assert frame.loss.notna().all()  # ... but the losses, to rank by
-    assert resolve_score(run) == "loss"
+    assert resolve_score(run) == "p_wrong"  # from the evidence: no log σ² needed
 
 
 def test_resumed_mao_run_equals_an_uninterrupted_one(features_card, tmp_path, tiny):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ilt_audit.errors import OptionError
-from ilt_audit.losses import margin
+from ilt_audit.evidence import COLUMNS, margin
 from ilt_audit.ranking import rank, scores
 from ilt_audit.trajectories import read_epochs, read_matrix, write_epoch
 
@@ -110,8 +110,9 @@ def test_files_without_the_margin_column_still_read_with_nan_margins(tmp_path):
     matrix = read_matrix(tmp_path, "margin")
     assert np.isnan(matrix.values[0]).all()
     assert matrix.values[1].tolist() == [10.0, 11.0, 12.0, 13.0]
-    frame = read_epochs(tmp_path, epochs=[1]).to_pandas()  # every column, margin as NaN
-    assert list(frame.columns) == ["epoch", "id", "task", "log_sigma2", "loss", "margin"]
+    frame = read_epochs(tmp_path, epochs=[1]).to_pandas()  # every column, the evidence as NaN
+    assert list(frame.columns) == ["epoch", "id", "task", "log_sigma2", "loss", *COLUMNS]
+    assert frame[list(COLUMNS)].isna().all().all()
 
 
 def test_evaluate_by_aum_judges_the_classification_tasks_of_a_truth_file(planted_run, tmp_path):

@@ -36,7 +36,7 @@ def test_planted_errors_rank_on_top(planted_run, by):
 
 def test_default_score_is_a_known_score():
     assert DEFAULT_BY in SCORES
-    assert set(SCORES) == {"final", "tail", "mean", "loss", "aum"}
+    assert set(SCORES) == {"p_wrong", "final", "tail", "mean", "loss", "aum"}
 
 
 def test_ranking_lists_every_instance_per_task_highest_score_first(planted_run):
@@ -95,7 +95,8 @@ def test_unknown_task_lists_the_runs_tasks(planted_run):
 
 def test_unknown_score_lists_the_choices(planted_run):
     with pytest.raises(
-        OptionError, match=r"unknown score 'median'; choose one of final, tail, mean, loss"
+        OptionError,
+        match=r"unknown score 'median'; choose one of p_wrong, final, tail, mean, loss, aum",
     ):
         rank(planted_run.run, by="median")
 
@@ -269,7 +270,10 @@ def test_cli_rank_parquet_needs_an_output_file(planted_run, cli):
         (["--top", "abc"], "--top 'abc': give a count (500) or a share of the instances (40%)"),
         (["--top", "0"], "--top '0': give a count"),
         (["--top", "150%"], "--top 150%: a share must be within (0%, 100%]"),
-        (["--by", "median"], "unknown score 'median'; choose one of final, tail, mean, loss"),
+        (
+            ["--by", "median"],
+            "unknown score 'median'; choose one of p_wrong, final, tail, mean, loss, aum",
+        ),
     ],
 )
 def test_cli_rank_bad_options_exit_2(planted_run, cli, args, message):
@@ -313,7 +317,7 @@ def test_tail_reads_only_the_last_quarter_of_the_epochs(handmade_run):
 
 def _reference_ranking(run, top_share):
     """The ranking as it was defined before the cut moved ahead of the sort: pandas, every row."""
-    table = scores(run)
+    table = scores(run, by="final")
     parts = []
     for name in ["t", "u"]:
         part = table[table.task == name].sort_values(
@@ -338,7 +342,7 @@ def tied_run(tmp_path):
 
 @pytest.mark.parametrize("share", [0.01, 0.1, 0.33, 0.5, 0.999, 1.0])
 def test_cutting_first_keeps_the_rows_and_order_of_a_full_sort(tied_run, share):
-    ranked = rank(tied_run, top=f"{share:.1%}", labels=False)
+    ranked = rank(tied_run, top=f"{share:.1%}", labels=False, by="final")
     expected = _reference_ranking(tied_run, float(f"{share:.1%}".rstrip("%")) / 100)
     pd.testing.assert_frame_equal(ranked, expected, check_dtype=False)
     kept = ranked[ranked.task == "u"]

@@ -57,7 +57,7 @@ def _sources(html: str) -> list[str]:
 def _flagged_rows(html: str, task: str) -> list[str]:
     section = html.split(f'id="task-{task}"', 1)[1].split("</section>", 1)[0]
     table = section.split('<table class="flagged">', 1)[1]
-    return re.findall(r"<tr(?: class=suspect)?><td", table)
+    return re.findall(r"<tr(?: class=\"?suspect\"?)?><td", table)
 
 
 def test_report_has_a_summary_and_a_section_per_task(image_report):

@@ -19,6 +19,7 @@ from helpers_data import whole_batch
 import ilt_audit
 import ilt_audit.training as training
 from ilt_audit.errors import OptionError, RunDirError, TrainingDiverged
+from ilt_audit.evidence import COLUMNS as EVIDENCE_COLUMNS
 from ilt_audit.rundir import read_config, read_metrics
 from ilt_audit.training import TrainConfig, train
 
@@ -127,7 +128,7 @@ def test_trajectory_files_have_the_exact_schema_and_n_times_k_rows(features_card
             ("task", pa.string()),
             ("log_sigma2", pa.float32()),
             ("loss", pa.float32()),
-            ("margin", pa.float32()),
+            *((name, pa.float32()) for name in EVIDENCE_COLUMNS),
         ]
     )
     ids = set(pd.read_csv(features_card.parent / "manifest.csv", dtype={"id": str}).id)

@@ -29,6 +29,14 @@ EXPECTED_SCHEMA = [
     ("log_sigma2", pa.float32()),
     ("loss", pa.float32()),
     ("margin", pa.float32()),
+    ("p_label", pa.float32()),
+    ("predicted", pa.float32()),
+    ("missing", pa.float32()),
+    ("extra", pa.float32()),
+    ("iou", pa.float32()),
+    ("residual", pa.float32()),
+    ("log_ratio", pa.float32()),
+    ("holes", pa.float32()),
 ]
 
 
