@@ -28,8 +28,8 @@ them, its area), and read as a probability that the label is wrong in one of two
 signal: an omission in ``missing``, a unit error in ``log_ratio``), and the task's estimated error
 rate is the mean of ``p_wrong``, with a 95% interval from its sampling and assignment variance.
 A suspect is a label with ``p_wrong`` ≥ :data:`SUSPECT`: more likely wrong than right, with the
-same meaning for every task type. Ties (labels certain either way) are ordered by the largest
-distance from the bulk, in its spreads.
+same meaning for every task type. Ties (labels certain either way, mostly the bulk's 0) are
+ordered by the largest posterior before the cut of :data:`STANDS_OUT`.
 
 A run trained before the evidence was recorded has only ``log σ²`` and ``loss``: its ``p_wrong``
 comes from ``log σ²`` alone (from the loss, for a weighting without ``log σ²``), and
@@ -62,6 +62,7 @@ SHARE_FLOOR = 0.05  # the least spread of a share's bulk, on its cube-root scale
 RESIDUAL_FLOOR = 0.05
 EM_STEPS = 60
 PRIOR = 0.05  # the share of wrong labels EM starts from
+STANDS_OUT = 2.0  # spreads from the bulk within which a value is never a wrong label's
 MAX_SHARE = 0.5  # the wrong labels are fewer than the right ones, or nothing can be told
 
 
@@ -121,6 +122,9 @@ SUSPICIONS: dict[str, tuple[Suspicion, ...]] = {
         Suspicion(
             "iou", _late, "upper", _lack, SHARE_FLOOR, "mask and network overlap little", 0.91
         ),  # 0.91 = ∛0.75: a mean IoU below 0.25
+        # the pixel loss sees what the network's hard pixels miss when its masks are coarse: a
+        # mask a few pixels off (shapes, shift at 10%: 0.18 by the three above, 0.52 with it)
+        Suspicion("loss", _late, "upper", _cube_root, why="the mask is hard to fit (pixel loss)"),
     ),
     # regression's log_ratio is recorded, not used: a label near 0 makes any ratio large, and a
     # unit error (x10, x2.54) is far from the prediction in the residual already
@@ -172,7 +176,7 @@ class Mixture:
     spread: float
     share: float  # of the flat part: the wrong labels
     p: np.ndarray  # (n,) each value's posterior of the flat part
-    distance: np.ndarray  # (n,) (value − centre) / spread, signed as the sides count it
+    soft: np.ndarray  # (n,) the posterior without the STANDS_OUT cut: to order the bulk's values
 
 
 def outlier_mixture(values: np.ndarray, *, sides: str, floor: float = 0.0) -> Mixture:
@@ -191,8 +195,9 @@ def outlier_mixture(values: np.ndarray, *, sides: str, floor: float = 0.0) -> Mi
         outlying = share * flat
         with np.errstate(divide="ignore", invalid="ignore"):
             p = outlying / (outlying + (1 - share) * bulk)
-        if sides == "upper":
-            p[values <= centre] = 0.0
+        # a wrong label stands out: within STANDS_OUT spreads of the bulk (above it, for an upper
+        # signal) a value is the bulk's, however the bulk's shape departs from a normal one
+        p[(z if sides == "upper" else np.abs(z)) <= STANDS_OUT] = 0.0
         p = np.nan_to_num(p, nan=1.0)
         weight = 1.0 - p
         total = float(weight.sum())
@@ -204,10 +209,13 @@ def outlier_mixture(values: np.ndarray, *, sides: str, floor: float = 0.0) -> Mi
         if not spread > 0:
             spread = 1e-12
         share = min(max(float(p.mean()), 1e-6), MAX_SHARE)
-    distance = (values - centre) / spread
-    if sides == "both":
-        distance = np.abs(distance)
-    return Mixture(centre, spread, share, p, distance)
+    z = (values - centre) / spread
+    bulk = np.exp(-0.5 * z**2) / (spread * math.sqrt(2 * math.pi))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        soft = np.nan_to_num(share * flat / (share * flat + (1 - share) * bulk), nan=1.0)
+    if sides == "upper":
+        soft[values <= centre] = 0.0
+    return Mixture(centre, spread, share, p, soft)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: it holds arrays
@@ -216,7 +224,7 @@ class Audit:
 
     keys: pa.Table  # id, task: R rows
     p_wrong: np.ndarray  # (R,)
-    distance: np.ndarray  # (R,) the largest distance from a signal's bulk, to order ties
+    order: np.ndarray  # (R,) the largest posterior before the STANDS_OUT cut, to order ties
     signals: dict[str, np.ndarray]  # column -> (R,) that signal's probability (NaN: not its task)
     rates: dict[str, ErrorRate]
     notes: list[str] = field(default_factory=list)
@@ -262,7 +270,7 @@ def audit(run: RunLike) -> Audit:
     r = keys.num_rows
     signals: dict[str, np.ndarray] = {}
     chance = np.zeros(r)
-    distance = np.full(r, -np.inf)
+    order = np.zeros(r)
     rates: dict[str, ErrorRate] = {}
     notes: list[str] = []
     for index, name in enumerate(names):
@@ -277,16 +285,16 @@ def audit(run: RunLike) -> Audit:
             )
             used = [(fallback, _signal(run.path, fallback, epochs, cache)[1][rows])]
         task_p = np.zeros(len(rows))
-        task_distance = np.full(len(rows), -np.inf)
+        task_order = np.zeros(len(rows))
         unlearned = []
         for suspicion, values in used:
-            p, far, learned = _probability(suspicion, values)
+            p, soft, learned = _probability(suspicion, values)
             signals.setdefault(suspicion.column, np.full(r, np.nan))[rows] = p
             task_p = np.maximum(task_p, p)
-            task_distance = np.maximum(task_distance, far)
+            task_order = np.maximum(task_order, soft)
             if not learned:
                 unlearned.append(suspicion.column)
-        distance[rows] = task_distance
+        order[rows] = task_order
         if unlearned:  # the network's view says nothing yet: no verdict, an open interval
             notes.append(
                 f"{name}: the network has not learned this task well enough to judge its labels "
@@ -299,7 +307,7 @@ def audit(run: RunLike) -> Audit:
             continue
         chance[rows] = task_p
         rates[name] = error_rate(task_p)
-    return Audit(keys, chance, distance, signals, rates, notes)
+    return Audit(keys, chance, order, signals, rates, notes)
 
 
 def label_noise(margin: np.ndarray) -> np.ndarray:
@@ -315,25 +323,25 @@ def label_noise(margin: np.ndarray) -> np.ndarray:
 
 
 def _probability(suspicion: Suspicion, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """One signal's probability that each label is wrong, its distance from the bulk, and
-    whether the network has learned enough for the signal to tell."""
+    """One signal's probability that each label is wrong, the same without the STANDS_OUT cut
+    (to order the bulk), and whether the network has learned enough for the signal to tell."""
     p = np.zeros(len(values))
-    far = np.full(len(values), -np.inf)
+    soft = np.zeros(len(values))
     finite = np.isfinite(values)
     if suspicion.kind == "probability":
         p[finite] = label_noise(values[finite])
-        far[finite] = -values[finite]  # minus the margin
-        return p, far, True
+        soft[finite] = p[finite]
+        return p, soft, True
     if finite.sum() < 3:
-        return p, far, True
+        return p, soft, True
     fitted = outlier_mixture(
         suspicion.turn(values[finite]),
         sides=suspicion.kind,
         floor=suspicion.floor,
     )
     p[finite] = fitted.p
-    far[finite] = fitted.distance
+    soft[finite] = fitted.soft
     bulk = fitted.centre if suspicion.kind == "upper" else fitted.spread
     # as many "wrong" as right labels: the signal has no bulk of right labels to stand out from
     split = fitted.share >= MAX_SHARE - 1e-9
-    return p, far, bulk <= suspicion.unlearned and not split
+    return p, soft, bulk <= suspicion.unlearned and not split

@@ -66,7 +66,7 @@ SCORES: dict[str, Score] = {
     "aum": Score("margin", _every),
 }
 DEFAULT_BY = "p_wrong"
-TIE = 1e-6  # p_wrong's ties (labels certain either way) are ordered within this, by distance
+TIE = 1e-6  # p_wrong's ties (labels certain either way) are ordered within this (Audit.order)
 
 
 def check_by(by: str) -> str:
@@ -147,8 +147,7 @@ def read_scores(run: RunLike, *, by: str = DEFAULT_BY) -> Scores:
     run = open_run(run)
     if score.audited:
         found = audit(run)
-        order = 1.0 / (1.0 + np.exp(-np.clip(found.distance, -50, 50) / 4))  # (0, 1), by distance
-        return Scores(found.keys, found.p_wrong * (1 - TIE) + TIE * order, found)
+        return Scores(found.keys, found.p_wrong * (1 - TIE) + TIE * found.order, found)
     matrix = read_matrix(run.path, score.column, epochs=score.epochs(list(run.epochs)))
     if len(matrix.epochs) == 1:
         values = matrix.values[0]  # (R,) as stored: float32

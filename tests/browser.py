@@ -37,6 +37,7 @@ def require_chromium() -> str:
         pytest.fail(MISSING.split(";")[0] + " and ILT_AUDIT_REQUIRE_BROWSER is set", pytrace=False)
     pytest.skip(MISSING)
 
+
 FLAGS = (
     "--headless",
     "--no-sandbox",
