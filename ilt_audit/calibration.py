@@ -228,6 +228,9 @@ class Audit:
     signals: dict[str, np.ndarray]  # column -> (R,) that signal's probability (NaN: not its task)
     rates: dict[str, ErrorRate]
     notes: list[str] = field(default_factory=list)
+    # task -> signal column -> what a typical label of the task shows in it: the median of the
+    # column's mean over the signal's epochs (of its magnitude, for a two-sided signal)
+    typical: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_frame(self):  # -> pd.DataFrame
         import pandas as pd
@@ -273,6 +276,7 @@ def audit(run: RunLike) -> Audit:
     order = np.zeros(r)
     rates: dict[str, ErrorRate] = {}
     notes: list[str] = []
+    typical: dict[str, dict[str, float]] = {}
     for index, name in enumerate(names):
         rows = np.flatnonzero(codes == index)
         used = [(s, _signal(run.path, s, epochs, cache)[1][rows]) for s in SUSPICIONS[types[name]]]
@@ -284,6 +288,7 @@ def audit(run: RunLike) -> Audit:
                 f"p_wrong comes from {'log σ²' if fallback is LOG_SIGMA2 else 'the loss'} alone"
             )
             used = [(fallback, _signal(run.path, fallback, epochs, cache)[1][rows])]
+        typical[name] = {s.column: _typical(s, values) for s, values in used}
         task_p = np.zeros(len(rows))
         task_order = np.zeros(len(rows))
         unlearned = []
@@ -307,7 +312,15 @@ def audit(run: RunLike) -> Audit:
             continue
         chance[rows] = task_p
         rates[name] = error_rate(task_p)
-    return Audit(keys, chance, order, signals, rates, notes)
+    return Audit(keys, chance, order, signals, rates, notes, typical)
+
+
+def _typical(suspicion: Suspicion, values: np.ndarray) -> float:
+    """What a typical label shows in a signal: the median (of the magnitude, two-sided)."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return math.nan
+    return float(np.median(np.abs(finite) if suspicion.kind == "both" else finite))
 
 
 def label_noise(margin: np.ndarray) -> np.ndarray:

@@ -1,11 +1,15 @@
 """The report: one self-contained HTML page that a person reads to judge a run's suspects.
 
-The page holds, per task, the distribution of ``log σ²`` across epochs (the paper's Figure 6,
-split into clean and corrupted labels when a corruption file is given, with the detection
-figures of :func:`ilt_audit.evaluation.evaluate`), the trajectories of the top flagged instances
-against the task's median (Figure 3), and the flagged instances as a table with thumbnails: the
-input, the label as the manifest gives it (masks colour-coded, depth maps through a colormap) and
-the model's prediction, so that a wrong label can be seen at a glance. Plots are drawn with
+The page holds a summary with each task's estimated error rate and its interval
+(:mod:`ilt_audit.calibration`), and per task the distribution of ``log σ²`` across epochs (the
+paper's Figure 6, split into clean and corrupted labels when a corruption file is given, with the
+detection figures of :func:`ilt_audit.evaluation.evaluate`), the trajectories of the top flagged
+instances against the task's median (Figure 3), and the flagged instances as a table with
+thumbnails: the input, the label as the manifest gives it (masks colour-coded, depth maps through
+a colormap), the model's prediction, and why the label is suspect: ``p_wrong`` and the evidence
+behind it (:func:`ilt_audit.explanation.explain`: the class the network prefers and its
+probability, the residual against the task's typical label, the shares a mask leaves out or adds,
+outlined on the image), so that a wrong label can be seen at a glance. Plots are drawn with
 matplotlib (no pyplot, no display) and every image is an inline base64 PNG: the file needs no
 network and no script, and its Content-Security-Policy forbids both. This module computes and
 formats the values; the markup is the template ``templates/report.html``, which escapes them.
@@ -37,27 +41,36 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ilt_audit import __version__
+from ilt_audit.calibration import Audit, audit
 from ilt_audit.card import TaskSpec
 from ilt_audit.corruption import read_truth
 from ilt_audit.errors import OptionError
 from ilt_audit.evaluation import detection_table
+from ilt_audit.explanation import explain, records
 from ilt_audit.gate import SCORE_NAMES, Cutoff, find_suspects, resolve_score, rule_text
 from ilt_audit.internal.files import write_text_atomic
 from ilt_audit.internal.html import templates
 from ilt_audit.manifest import Manifest
-from ilt_audit.ranking import SCORES, Scores
+from ilt_audit.ranking import Scores
 from ilt_audit.rundir import Run, RunLike, open_run
 from ilt_audit.trajectories import TrajectoryMatrix, read_matrix
 from ilt_audit.views import (
+    Numbers,
     PredictionsUnavailable,
     depth_rgb,
+    error_rate_text,
     feature_text,
     input_image,
     label_map,
+    label_numbers,
     legend,
     mask_rgb,
+    outline_legend,
+    outline_rgb,
+    plotted_column,
     png_uri,
     predict_instances,
+    why_text,
 )
 
 MAX_BOX_EPOCHS = 24  # box plots show at most this many epochs, evenly spread, always the last
@@ -90,6 +103,9 @@ class _Page:
     notes: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # instance id -> row of the manifest
     metrics: tuple[dict[str, Any], ...] = ()  # metrics.jsonl, one row per finished epoch
+    audit: Audit | None = None  # p_wrong and each task's error rate
+    evidence: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (id, task) ->
+    # why the label is suspect, for the rows the tables show (ilt_audit.explanation.explain)
 
     @property
     def run_dir(self) -> Path:
@@ -126,15 +142,17 @@ def render_report(
 def _read(run: Run, truth: str | Path | None, top: int, by: str | None) -> _Page:
     config = run.config
     score = resolve_score(run, by)
-    value = SCORES[score].column  # the trajectory plotted: log_sigma2, loss or margin
+    value = plotted_column(run, score)  # the trajectory plotted: log_sigma2, loss or margin
     manifest = run.manifest("for thumbnails")
     found = find_suspects(run, by=score, top=top)
     page = _Page(
         run, config, score, value, found.table, found.cutoffs, found.instances, manifest, top
     )
     page.metrics = run.metrics
+    page.audit = found.scores.audit or audit(run)
     if run.partial_note:
         page.notes.append(run.partial_note)
+    page.notes += page.audit.notes
     if config.get("options", {}).get("weighting", "ilt") != "ilt":
         page.notes.append(
             f"This run was trained with --weighting {config['options']['weighting']}, which has no "
@@ -152,6 +170,9 @@ def _read(run: Run, truth: str | Path | None, top: int, by: str | None) -> _Page
     page.rows = dict(zip(shown[rows >= 0], rows[rows >= 0], strict=True))
     _plotted(page, found.scores)
     page.predictions = _predict(page)
+    shown = _shown(page)[["id", "task"]]
+    evidence = records(explain(run, shown, found=page.audit))
+    page.evidence = {(e["id"], e["task"]): e for e in evidence}
     return page
 
 
@@ -527,13 +548,21 @@ def _task(page: _Page, task: TaskSpec) -> dict[str, Any]:
         "suspects": suspects,
         "share": _pct(suspects / page.instances[name]),
         "cutoff": f"{page.cutoffs[name].threshold:.3g}",
+        "error_rate": error_rate_text(_rate(page, name)),
         "detection": _detection(page, name, part),
         "box": _box_figure(page, name),
         "lines": _trajectory_figure(page, name),
         "sample_note": _sample_note(page, name),
         "swatches": legend(task),
+        "outlines": outline_legend() if task.type in _PICTURES else [],
         "rows": _flagged_rows(page, task, part),
     }
+
+
+def _rate(page: _Page, task: str) -> dict[str, float | int] | None:
+    """A task's estimated error rate (:meth:`ilt_audit.calibration.ErrorRate.to_dict`)."""
+    rate = page.audit.rates.get(task) if page.audit is not None else None
+    return None if rate is None else rate.to_dict()
 
 
 def _detection(page: _Page, task: str, part: pd.DataFrame) -> list[str]:
@@ -564,16 +593,51 @@ def _flagged_rows(page: _Page, task: TaskSpec, part: pd.DataFrame) -> list[dict[
     rows = []
     for _, row in part[part["rank"] <= page.top].iterrows():
         label, predicted = _VIEWS[task.type](page, task, row)
+        evidence = page.evidence.get((row.id, task.name))
         rows.append(
             {
                 "rank": int(row["rank"]),
                 "id": str(row.id),
+                "p_wrong": _num(evidence["p_wrong"] if evidence else None),
                 "score": f"{row.score:.3f}",
                 "suspect": bool(row.suspect),
                 "corrupted": _known(row.get("corrupted")),  # None without a corruption file
                 "input": _input_view(page, row),
                 "label": label,
                 "prediction": predicted,
+                "why": _why(page, task, row, evidence),
+                "why_picture": _PICTURES[task.type](page, task, row)
+                if task.type in _PICTURES
+                else None,
             }
         )
     return rows
+
+
+def _why(page: _Page, task: TaskSpec, row: pd.Series, evidence: dict[str, Any] | None) -> str:
+    """Why the label is suspect, in a line (:func:`ilt_audit.views.why_text`)."""
+    predicted = page.predictions.get(task.name, {}).get(row.id)
+    numbers = isinstance(predicted, Numbers)  # regression: label − prediction per column
+    labelled = label_numbers(page.manifest, task, page.rows[row.id]) if numbers else None
+    return why_text(evidence, str(row.label), predicted=predicted, labelled=labelled)
+
+
+def _outline_view(page: _Page, task: TaskSpec, row: pd.Series) -> _View | None:
+    """The input with where the network's mask and the label disagree outlined (no prediction:
+    nothing)."""
+    predicted = page.predictions.get(task.name, {}).get(row.id)
+    if predicted is None:
+        return None
+    image = input_image(page.manifest, page.rows[row.id])
+    label = label_map(page.manifest, task, page.rows[row.id])
+    return _View(
+        "picture",
+        png_uri(outline_rgb(image, label, predicted, task)),
+        f"where the network and the {task.name} mask of {row.id} disagree",
+    )
+
+
+# a picture of the evidence in the "why" cell, by task type
+_PICTURES: dict[str, Callable[[_Page, TaskSpec, pd.Series], _View | None]] = {
+    "segmentation": _outline_view,
+}

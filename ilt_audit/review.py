@@ -3,12 +3,15 @@ drops each one.
 
 Per task, the suspects are listed highest score first, one page at a time: the input, the label
 as given (masks over the image, depth maps through a colormap, numbers in the data's units),
-what the trained network predicts, the score and its trajectory against the task's median.
+what the trained network predicts, why the label is suspect (the evidence behind its
+``p_wrong``, :func:`ilt_audit.explanation.explain`: the class the network prefers and its
+probability, the residual against the task's typical label, where a mask and the network
+disagree outlined on the image), the score and its trajectory against the task's median.
 Decisions go to :class:`ilt_audit.decisions.DecisionStore` (``RUN/review.sqlite``), committed
 before the page shows them as saved; ``ilt-audit fix`` turns them into a corrected dataset.
 
 Why it stays fast on a run of a million instances: the ranked suspects are written once into a
-``suspects`` table of the same SQLite file (with their trajectories), keyed by what they were
+``suspects`` table of the same SQLite file (with their trajectories and evidence), keyed by what they were
 computed from, so a page is one indexed query of ``per_page`` rows; the browser never receives
 the whole list. The model is loaded on the first page that shows predictions, and predicts that
 page's instances only.
@@ -47,14 +50,16 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ilt_audit.calibration import audit
 from ilt_audit.card import TaskSpec
 from ilt_audit.decisions import KINDS, PREDICTION, Decision, DecisionError, DecisionStore
 from ilt_audit.decisions import check_decision as check
 from ilt_audit.errors import OptionError
+from ilt_audit.explanation import explain, records
 from ilt_audit.gate import SCORE_NAMES, resolve_score
 from ilt_audit.internal.html import templates
 from ilt_audit.manifest import Manifest
-from ilt_audit.ranking import SCORES, rank
+from ilt_audit.ranking import rank
 from ilt_audit.rundir import Run, RunLike, open_run
 from ilt_audit.trajectories import read_matrix
 from ilt_audit.views import (
@@ -62,13 +67,19 @@ from ilt_audit.views import (
     PredictionsUnavailable,
     Predictor,
     depth_rgb,
+    error_rate_text,
     feature_text,
     input_image,
     label_map,
+    label_numbers,
     legend,
     mask_rgb,
     mask_rgba,
+    outline_legend,
+    outline_rgb,
+    plotted_column,
     png_uri,
+    why_text,
 )
 
 PACKAGE = Path(__file__).parent
@@ -77,9 +88,10 @@ PER_PAGE = 10
 PICTURE = 192  # the longest side of the pictures on a review card, in pixels
 MEDIAN_SAMPLE = 20_000  # the median trajectory is drawn from at most this many instances per task
 PREDICTION_CACHE = 2_000  # instances whose predictions are kept in memory
+LAYOUT = 2  # of the suspects table: a table of another layout is built again (2: evidence)
 
 _SUSPECTS = """
-CREATE TABLE IF NOT EXISTS suspects (
+CREATE TABLE suspects (
     task TEXT NOT NULL,
     rank INTEGER NOT NULL,
     id TEXT NOT NULL,
@@ -87,11 +99,11 @@ CREATE TABLE IF NOT EXISTS suspects (
     label TEXT NOT NULL,  -- the label as the manifest gives it, as text
     class TEXT,  -- classification: the class as given; the class filter matches it
     trajectory TEXT NOT NULL,  -- JSON list: the score's value column, every epoch
+    evidence TEXT NOT NULL,  -- JSON object: why the label is suspect (ilt_audit.explanation)
     PRIMARY KEY (task, rank)
-);
-CREATE INDEX IF NOT EXISTS suspects_class ON suspects (task, class, rank);
-CREATE TABLE IF NOT EXISTS suspects_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+)"""
+_SUSPECTS_INDEX = "CREATE INDEX suspects_class ON suspects (task, class, rank)"
+_META = "CREATE TABLE IF NOT EXISTS suspects_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -150,18 +162,29 @@ class Review:
     # --- suspects ----------------------------------------------------------------------------
 
     def build_suspects(self) -> None:
-        """Write the ranked suspects and their trajectories into ``review.sqlite``, unless the
-        table there was computed from the same epochs, score and share."""
+        """Write the ranked suspects, their trajectories and evidence into ``review.sqlite``,
+        unless the table there was computed from the same epochs, score and share."""
         signature = json.dumps(
-            {"epochs": list(self.run.epochs), "score": self.score, "top": self.top}
+            {
+                "epochs": list(self.run.epochs),
+                "score": self.score,
+                "top": self.top,
+                "layout": LAYOUT,
+            }
         )
         with self.store.connect() as db:
-            db.executescript(_SUSPECTS)
+            db.execute(_META)
             found = db.execute("SELECT value FROM suspects_meta WHERE key = 'signature'").fetchone()
             if found and found[0] == signature:
                 return
         ranked = rank(self.run, top=self.top, by=self.score)
-        value = SCORES[self.score].column
+        audited = audit(self.run)
+        evidence = records(explain(self.run, ranked[["id", "task"]], found=audited))
+        summary = {
+            "rates": {task: rate.to_dict() for task, rate in audited.rates.items()},
+            "notes": audited.notes,
+        }
+        value = plotted_column(self.run, self.score)
         # the finished epochs only: an unfinished run's last file may have no metrics line
         curves = read_matrix(
             self.run.path, value, epochs=self.run.epochs, ids=ranked["id"].unique()
@@ -182,24 +205,31 @@ class Review:
                 label,
                 label if task in classes else None,
                 json.dumps([None if math.isnan(v) else v for v in curve]),
+                json.dumps(why),
             )
-            for task, r, i, s, label, curve in zip(
+            for task, r, i, s, label, curve, why in zip(
                 ranked["task"],
                 ranked["rank"],
                 ranked["id"],
                 ranked["score"],
                 ranked["label"],
                 values,
+                evidence,
                 strict=True,
             )
         ]
         medians = self._medians(value)
         with self.store.connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM suspects")
-            db.executemany("INSERT INTO suspects VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("DROP TABLE IF EXISTS suspects")  # and its index; an older layout too
+            db.execute(_SUSPECTS)
+            db.execute(_SUSPECTS_INDEX)
+            db.executemany("INSERT INTO suspects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute(
                 "INSERT OR REPLACE INTO suspects_meta VALUES ('medians', ?)", (json.dumps(medians),)
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO suspects_meta VALUES ('audit', ?)", (json.dumps(summary),)
             )
             db.execute("INSERT OR REPLACE INTO suspects_meta VALUES ('signature', ?)", (signature,))
             db.execute("COMMIT")
@@ -253,7 +283,8 @@ class Review:
             db.row_factory = sqlite3.Row
             total = db.execute(f"SELECT COUNT(*) {joined}", [task, *args]).fetchone()[0]
             found = db.execute(
-                "SELECT s.rank, s.id, s.score, s.label, s.trajectory, d.decision, d.value, "
+                "SELECT s.rank, s.id, s.score, s.label, s.trajectory, s.evidence, d.decision, "
+                "d.value, "
                 f"d.reviewer {joined} ORDER BY s.rank LIMIT ? OFFSET ?",
                 [task, *args, PER_PAGE, max(number - 1, 0) * PER_PAGE],
             ).fetchall()
@@ -263,6 +294,13 @@ class Review:
         with self.store.connect() as db:
             found = db.execute("SELECT value FROM suspects_meta WHERE key = 'medians'").fetchone()
         return json.loads(found[0]) if found else {}
+
+    def audit_summary(self) -> dict[str, Any]:
+        """Each task's estimated error rate (``rates``: task -> estimate, low, high, n) and the
+        audit's ``notes``, as the suspects were built."""
+        with self.store.connect() as db:
+            found = db.execute("SELECT value FROM suspects_meta WHERE key = 'audit'").fetchone()
+        return json.loads(found[0]) if found else {"rates": {}, "notes": []}
 
     def classes(self, task: str) -> list[str]:
         with self.store.connect() as db:
@@ -325,16 +363,18 @@ class Review:
             "label_map": None,
             "prediction_map": None,
             "range": None,
+            "outline": None,
         }
         guess = predicted.get(task.name) if predicted is not None else None
+        labelled = None
         if task.type == "classification":
             view["prediction"] = str(guess) if guess is not None else None
             view["suggested"] = guess.name if guess is not None else found["label"]
         elif task.type == "regression":
             view["prediction"] = str(guess) if guess is not None else None
-            label = Numbers(task.columns, tuple(self._numbers(task, row)))
-            view["label"] = str(label)
-            chosen = guess if isinstance(guess, Numbers) else label
+            labelled = label_numbers(self.manifest, task, row)
+            view["label"] = str(labelled)
+            chosen = guess if isinstance(guess, Numbers) else labelled
             view["fields"] = [
                 {"column": c, "value": f"{v:.6g}"}
                 for c, v in zip(chosen.columns, chosen.values, strict=True)
@@ -349,6 +389,9 @@ class Review:
                 if guess is not None
                 else None
             )
+            if guess is not None and image:
+                picture = input_image(self.manifest, row)
+                view["outline"] = png_uri(outline_rgb(picture, mask, guess, task, PICTURE), PICTURE)
         else:
             depth = label_map(self.manifest, task, row)
             low, high = float(depth.min()), float(depth.max())  # the label's range colours both
@@ -357,11 +400,10 @@ class Review:
                 png_uri(depth_rgb(guess, low, high), PICTURE) if guess is not None else None
             )
             view["range"] = f"{low:.4g} … {high:.4g}"
+        evidence = json.loads(found["evidence"])
+        view["p_wrong"] = evidence.get("p_wrong")
+        view["why"] = why_text(evidence, found["label"], predicted=guess, labelled=labelled)
         return view
-
-    def _numbers(self, task: TaskSpec, row: int) -> list[float]:
-        values = self.manifest.frame.iloc[row][list(task.columns)]
-        return [float(v) for v in values]
 
     def decide(self, body: Any) -> Decision:
         """Check and record one decision from the page; raises DecisionError when it does not
@@ -480,6 +522,8 @@ def review_app(review: Review, *, hosts: list[str] | None = None) -> Starlette:
         median = review.medians().get(name, [])
         cards = [review.card(task, f, predicted.get(f["id"]), median) for f in found]
         pages = max(math.ceil(total / PER_PAGE), 1)
+        summary = review.audit_summary()
+        notes = [review.predictions_note, review.run.partial_note, *summary["notes"]]
         text = page_template.render(
             run=str(review.run.path),
             tasks=review.tasks,
@@ -495,7 +539,9 @@ def review_app(review: Review, *, hosts: list[str] | None = None) -> Starlette:
             legend_entries=legend(task),
             score_name=SCORE_NAMES.get(review.score, review.score),
             score=review.score,
-            note=review.predictions_note or review.run.partial_note,
+            notes=[n for n in notes if n],
+            error_rate=error_rate_text(summary["rates"].get(name)),
+            outline_entries=outline_legend() if task.type == "segmentation" else [],
             token=review.token,
             reviewer=review.reviewer,
             kinds=KINDS,

@@ -1,9 +1,12 @@
 """What a person sees of one instance: its input, each task's label and the model's prediction,
-as pictures and text. The report and the review app show instances through these.
+as pictures and text, and why it is suspect. The report and the review app show instances
+through these.
 
 Pictures are PNG data URIs (no file is served from a path a page names): masks colour-coded one
-colour per class, depth maps through a colormap. Predictions come from the run's checkpoint,
-loaded with ``weights_only=True``, for the requested instances only.
+colour per class, depth maps through a colormap, and where the network and a mask disagree
+outlined on the image (:func:`outline_rgb`). Predictions come from the run's checkpoint,
+loaded with ``weights_only=True``, for the requested instances only. Why a label is suspect is
+one line of text (:func:`why_text`) from the evidence of :func:`ilt_audit.explanation.explain`.
 
 Example:
     >>> found = predict_instances(run, manifest, ["img_0001"])  # doctest: +SKIP
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +29,22 @@ import pandas as pd
 from matplotlib import colormaps
 from PIL import Image
 
+from ilt_audit.calibration import SUSPECT
 from ilt_audit.card import TaskSpec
 from ilt_audit.errors import CardError, RunDirError
 from ilt_audit.manifest import Manifest
+from ilt_audit.ranking import SCORES
 from ilt_audit.rundir import CHECKPOINT, Run
 
 THUMB = 96  # the longest side of a thumbnail, in pixels (larger inputs are shrunk)
 FEATURES_SHOWN = 8  # feature values written out for a features input
+# Where the network and a mask disagree, drawn over the image (far from tab10's class colours)
+MISSING_COLOUR = (255, 0, 255)  # magenta: an object the network sees and the mask leaves out
+EXTRA_COLOUR = (255, 200, 0)  # amber: a mask object the network does not see
+OUTLINE_TEXT = {
+    "missing": "missing: the network sees an object the mask leaves out",
+    "extra": "extra: the mask has an object the network does not see",
+}
 
 
 class PredictionsUnavailable(Exception):
@@ -123,6 +136,76 @@ def legend(task: TaskSpec) -> list[tuple[str, str]]:
     ]
 
 
+def outline_legend() -> list[tuple[str, str]]:
+    """The colours of :func:`outline_rgb`, each with a swatch, as :func:`legend` gives them."""
+    return [
+        (OUTLINE_TEXT[kind], png_uri(np.full((8, 8, 3), colour, np.uint8)))
+        for kind, colour in (("missing", MISSING_COLOUR), ("extra", EXTRA_COLOUR))
+    ]
+
+
+def disagreement(
+    label: np.ndarray, predicted: np.ndarray, task: TaskSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a predicted mask and its label disagree, (H, W) bool each: ``missing``, pixels the
+    network gives an object class the label does not; ``extra``, label objects the network
+    gives another class or background (as :mod:`ilt_audit.evidence` counts them; unlabelled
+    pixels neither). A prediction of another size is resized to the label's first."""
+    if predicted.shape != label.shape:
+        resized = Image.fromarray(predicted.astype(np.int32)).resize(
+            label.shape[::-1], Image.Resampling.NEAREST
+        )
+        predicted = np.asarray(resized)
+    valid = (
+        label != task.ignore_index if task.ignore_index is not None else np.ones_like(label, bool)
+    )
+    differ = valid & (predicted != label)
+    return differ & (predicted > 0), differ & (label > 0)
+
+
+def outline_rgb(
+    image: np.ndarray, label: np.ndarray, predicted: np.ndarray, task: TaskSpec, size: int = THUMB
+) -> np.ndarray:
+    """The input, greyed, at ``size`` pixels on its longest side, with the regions of
+    :func:`disagreement` tinted and outlined: :data:`MISSING_COLOUR` and :data:`EXTRA_COLOUR`."""
+    missing, extra = disagreement(label, predicted, task)
+    h, w = label.shape
+    shape = (max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w))))  # (H, W)
+    grey = Image.fromarray(image).convert("L").resize(shape[::-1], Image.Resampling.BILINEAR)
+    rgb = np.repeat(40 + 0.6 * np.asarray(grey, np.float64)[..., None], 3, axis=2)  # (H, W, 3)
+    width = max(1, round(size / 64))  # the outline, in pixels of the picture
+    for region, colour in ((extra, EXTRA_COLOUR), (missing, MISSING_COLOUR)):
+        inside = _resized_region(region, shape)
+        edge = inside & ~_eroded(inside, width)
+        rgb[inside] = 0.55 * rgb[inside] + 0.45 * np.asarray(colour)
+        rgb[edge] = colour
+    return rgb.round().astype(np.uint8)
+
+
+def _resized_region(region: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A region at another size: a pixel is in it when any part of it was (no region shrunk away)."""
+    grow = shape[0] >= region.shape[0]
+    picture = Image.fromarray(region.astype(np.uint8) * 255).resize(
+        shape[::-1], Image.Resampling.NEAREST if grow else Image.Resampling.BOX
+    )
+    return np.asarray(picture) > 0
+
+
+def _eroded(region: np.ndarray, steps: int) -> np.ndarray:
+    """A region shrunk by ``steps`` pixels (4-neighbours); outside the picture counts as outside."""
+    inner = region
+    for _ in range(steps):
+        padded = np.pad(inner, 1)
+        inner = (
+            padded[1:-1, 1:-1]
+            & padded[:-2, 1:-1]
+            & padded[2:, 1:-1]
+            & padded[1:-1, :-2]
+            & padded[1:-1, 2:]
+        )
+    return inner
+
+
 # --- reading an instance's files -------------------------------------------------------------
 
 
@@ -160,6 +243,12 @@ def feature_text(manifest: Manifest, row: int) -> str:
     shown = ", ".join(f"{c}={values[c]:.4g}" for c in manifest.input_columns[:FEATURES_SHOWN])
     more = len(manifest.input_columns) - FEATURES_SHOWN
     return shown + (f" … (+{more})" if more > 0 else "")
+
+
+def label_numbers(manifest: Manifest, task: TaskSpec, row: int) -> Numbers:
+    """The values of a regression task's row, as the manifest gives them."""
+    values = manifest.frame.iloc[row][list(task.columns)]
+    return Numbers(task.columns, tuple(float(v) for v in values))
 
 
 def label_map(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
@@ -278,3 +367,152 @@ _DECODE: dict[str, Callable[[TaskSpec, Any, Any], list[Any]]] = {
     "segmentation": _decode_mask,
     "dense-regression": _decode_depth,
 }
+
+
+# --- why a label is suspect ------------------------------------------------------------------
+
+
+def plotted_column(run: Run, score: str) -> str:
+    """The trajectory a page draws for a score: the score's column, or the loss for a run
+    trained without per-instance ``log σ²``."""
+    column = SCORES[score].column
+    return "loss" if column == "log_sigma2" and run.weighting != "ilt" else column
+
+
+def error_rate_text(rate: Mapping[str, float] | None) -> tuple[str, str]:
+    """A task's estimated error rate and its 95% interval as text
+    (:meth:`ilt_audit.calibration.ErrorRate.to_dict`); an interval of [0, 1] is no estimate.
+
+    Example:
+        >>> error_rate_text({"estimate": 0.082, "low": 0.012, "high": 0.152})
+        ('8.2%', '1.2%–15.2%')
+    """
+    if rate is None or rate["high"] - rate["low"] >= 1:
+        return "unknown", "–"
+    return f"{rate['estimate']:.1%}", f"{rate['low']:.1%}–{rate['high']:.1%}"
+
+
+def why_text(
+    evidence: Mapping[str, Any] | None,
+    label: str,
+    *,
+    predicted: Any = None,
+    labelled: Numbers | None = None,
+) -> str:
+    """One line for people from a row of :func:`ilt_audit.explanation.explain`: for a suspect
+    (``p_wrong`` ≥ :data:`ilt_audit.calibration.SUSPECT`), what the deciding signal means; then
+    what the network makes of the instance, the deciding signal against the task's typical
+    label. ``label`` is the label as shown; for regression, ``predicted`` and ``labelled`` (the
+    network's prediction now and the label, as :class:`Numbers`) add how far apart they are per
+    column, in the data's units.
+
+    Example:
+        >>> why_text({"type": "classification", "signal": "margin", "p_wrong": 0.97,
+        ...           "why": "the network prefers another class", "preferred": "c",
+        ...           "p_preferred": 0.91, "p_label": 0.04}, "a")
+        'the network prefers c (91%) over the label a (4%)'
+    """
+    if not evidence or not evidence.get("signal"):
+        return "–"
+    e = {k: None if _absent(v) else v for k, v in evidence.items()}
+    column, value, typical = e["signal"], e.get("value"), e.get("typical")
+    pairs = _DETAILS[e["type"]](e, label)  # (column, text) of what the network makes of it
+    if column in _SIGNAL_TEXT:
+        shown = _SIGNAL_TEXT[column]
+        if value is not None and column not in {c for c, _ in pairs}:
+            pairs.append((column, shown(value)))
+        if typical is not None:
+            pairs = [
+                (c, f"{t} (typical label: {shown(typical)})" if c == column else t)
+                for c, t in pairs
+            ]
+    text = " · ".join(t for _, t in pairs)
+    if isinstance(predicted, Numbers) and labelled is not None:
+        gaps = ", ".join(
+            f"{c} {v - p:+.3g}"
+            for c, v, p in zip(labelled.columns, labelled.values, predicted.values, strict=True)
+        )
+        text += (" · " if text else "") + f"label − prediction now: {gaps}"
+    suspect = (e.get("p_wrong") or 0.0) >= SUSPECT
+    if suspect and e.get("why") and column not in _SAYS_ITSELF:
+        return f"{e['why']}: {text}" if text else str(e["why"])
+    return text or "–"
+
+
+def _absent(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _chance(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<1%" if p < 0.01 else ">99%" if p > 0.99 else f"{p:.0%}"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _class_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
+    if e.get("preferred") is None:
+        return []
+    if e["preferred"] == label:
+        return [
+            ("margin", f"the network agrees with the label {label} ({_chance(e.get('p_label'))})")
+        ]
+    return [
+        (
+            "margin",
+            f"the network prefers {e['preferred']} ({_chance(e.get('p_preferred'))}) over the "
+            f"label {label} ({_chance(e.get('p_label'))})",
+        )
+    ]
+
+
+def _regression_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
+    if e.get("residual_sd") is None:
+        return []
+    units = f" ({e['residual']:.4g} in the data's units)" if e.get("residual") is not None else ""
+    return [("residual", f"{e['residual_sd']:.2f} label SDs{units} from the network's prediction")]
+
+
+def _dense_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
+    if e.get("offset_sd") is None:
+        return []
+    offset = f"{e['offset']:+.3g} = " if e.get("offset") is not None else ""
+    return [
+        ("residual", f"median label − prediction {offset}{e['offset_sd']:+.2f} SD"),
+        ("log_ratio", f"label / prediction ×{e['ratio']:.3g}"),
+        ("holes", f"holes {_share(e.get('holes'))}"),
+    ]
+
+
+def _segmentation_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
+    if e.get("iou") is None:
+        return []
+    return [
+        ("missing", f"missing {_share(e.get('missing'))}"),
+        ("extra", f"extra {_share(e.get('extra'))}"),
+        ("iou", f"IoU {e['iou']:.2f}"),
+    ]
+
+
+# what the network makes of an instance, per task type: (the signal it tells, text) pairs
+_DETAILS: dict[str, Callable[[dict[str, Any], str], list[tuple[str, str]]]] = {
+    "classification": _class_details,
+    "regression": _regression_details,
+    "dense-regression": _dense_details,
+    "segmentation": _segmentation_details,
+}
+# a deciding signal's value and a typical label's, as people read them
+_SIGNAL_TEXT: dict[str, Callable[[float | None], str]] = {
+    "missing": _share,
+    "extra": _share,
+    "holes": _share,
+    "iou": lambda v: "–" if v is None else f"{v:.2f}",
+    "residual": lambda v: "–" if v is None else f"{abs(v):.2g} SD",
+    "log_ratio": lambda v: "–" if v is None else f"×{math.exp(abs(v)):.3g}",
+    "loss": lambda v: "–" if v is None else f"loss {v:.3g}",
+    "log_sigma2": lambda v: "–" if v is None else f"mean log σ² {v:.2f}",
+}
+_SAYS_ITSELF = {"margin"}  # signals whose details already say what the deciding text would

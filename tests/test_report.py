@@ -11,12 +11,13 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from browser import load_page
-from conftest import tiny_config, write_image_dataset
+from conftest import CLASSES, tiny_config, write_image_dataset
 from PIL import Image
 
 from ilt_audit import report
@@ -24,6 +25,7 @@ from ilt_audit.corruption import TRUTH_SCHEMA, corrupt
 from ilt_audit.internal.html import templates
 from ilt_audit.report import render_report
 from ilt_audit.training import train
+from ilt_audit.views import EXTRA_COLOUR, MISSING_COLOUR
 
 IMAGE_TASKS = ("colour", "geometry", "seg", "depth")
 _DATA_PNG = re.compile(r"^data:image/png;base64,([A-Za-z0-9+/=]+)$")
@@ -172,10 +174,162 @@ def test_features_report_shows_labels_predictions_and_features(planted_run, tmp_
     section = html.split('id="task-label"', 1)[1].split("</section>", 1)[0]
     for row_id in planted_run.flipped:
         assert f"<code>{row_id}</code>" in section
-    predictions = re.findall(r"<td>([abc]) \(\d+%\)</td></tr>", section)  # "b (97%)"
+    predictions = re.findall(r"<td>([abc]) \(\d+%\)</td><td class=\"why\">", section)  # b (97%)
     assert len(predictions) == len(planted_run.flipped)
     assert 'class="features">f0=' in section
     assert "predictions are not shown" not in html
+
+
+# --- why a label is suspect ---------------------------------------------------------------------
+
+
+def _cells(section: str, row_id: str) -> list[str]:
+    """The text of each cell of a flagged row, unescaped, pictures left out."""
+    row = section.split(f"<code>{row_id}</code>", 1)[1].split("</tr>", 1)[0]
+    return [unescape(re.sub(r"<[^>]+>", "", c)) for c in row.split("</td>")]
+
+
+def _why(section: str, row_id: str) -> str:
+    row = section.split(f"<code>{row_id}</code>", 1)[1].split("</tr>", 1)[0]
+    return unescape(re.sub(r"<[^>]+>", "", row.split('<td class="why">', 1)[1]))
+
+
+def _section(html: str, task: str) -> str:
+    return html.split(f'id="task-{task}"', 1)[1].split("</section>", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def planted_report(planted_run, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("why") / "report.html"
+    return render_report(planted_run.run, path, top=8).read_text(encoding="utf-8")
+
+
+def test_a_flipped_label_shows_the_class_the_network_prefers_and_its_probability(
+    planted_run, planted_report
+):
+    section = _section(planted_report, "label")
+    given = pd.read_csv(planted_run.card.parent / "manifest.csv", dtype=str).set_index("id")
+    for row_id in planted_run.flipped:
+        why = _why(section, row_id)
+        found = re.fullmatch(
+            r"the network prefers ([abc]) \((>?)(\d+)%\) over the label ([abc]) .*", why
+        )
+        assert found, why
+        label = given.loc[row_id, "label"]
+        assert found.group(4) == label
+        assert found.group(1) == CLASSES[(CLASSES.index(label) - 1) % 3]  # the true class
+        assert int(found.group(3)) > 50
+        assert float(_cells(section, row_id)[1]) > 0.5  # p_wrong
+
+
+def test_a_shifted_target_shows_a_residual_far_above_the_tasks_typical_label(
+    planted_run, planted_report
+):
+    section = _section(planted_report, "target")
+    for row_id in planted_run.shifted:
+        why = _why(section, row_id)
+        found = re.match(
+            r"far from the prediction: ([\d.]+) label SDs from the network's prediction "
+            r"\(typical label: ([\d.e-]+) SD\) · label − prediction now: y0 \+([\d.]+), y1 ",
+            why,
+        )
+        assert found, why
+        assert float(found.group(1)) > 10 * float(found.group(2))
+        assert float(found.group(3)) > 4  # the target was moved by 8, in the data's units
+
+
+def test_the_summary_shows_each_tasks_estimated_error_rate_with_its_interval(
+    planted_run, planted_report
+):
+    summary = planted_report.split('<table class="tasks">', 1)[1].split("</table>", 1)[0]
+    assert '<th class="num">est. error rate</th><th class="num">95% interval</th>' in summary
+    for task, planted in (("label", planted_run.flipped), ("target", planted_run.shifted)):
+        row = summary.split(f'href="#task-{task}"', 1)[1].split("</tr>", 1)[0]
+        cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+        estimate, interval = float(cells[4].rstrip("%")), cells[5]
+        low, high = (float(v.rstrip("%")) for v in interval.split("–"))
+        assert low <= estimate <= high
+        assert abs(estimate - 100 * len(planted) / 60) < 8
+
+
+def test_a_flagged_mask_shows_where_the_network_and_the_label_disagree(image_report):
+    section = _section(image_report.html, "seg")
+    assert "Where the network's mask and the label disagree, outlined on the input" in section
+    pictures = re.findall(
+        r'<td class="why">[^<]*<img class="thumb" src="data:image/png;base64,([^"]+)" '
+        r'alt="where the network and the seg mask of [^"]+ disagree"',
+        section,
+    )
+    assert len(pictures) == 5  # one per flagged row (--top 5)
+    for picture in pictures:
+        with Image.open(io.BytesIO(base64.b64decode(picture))) as image:
+            colours = {tuple(c) for _, c in image.convert("RGB").getcolors(1 << 16)}
+        # a two-epoch network disagrees with every mask somewhere, in one colour or the other
+        assert colours & {MISSING_COLOUR, EXTRA_COLOUR}
+
+
+LEFT_OUT = ("m03", "m11", "m19")  # masks that leave their object out
+
+
+def _squares(folder: Path, n: int = 40, seed: int = 0) -> Path:
+    """A learnable mask task: a yellow square on each 16x16 image, marked 1 in its mask, except
+    in the :data:`LEFT_OUT` masks, which leave it out."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        row_id = f"m{i:02d}"
+        image = np.full((16, 16, 3), 20, np.uint8)
+        mask = np.zeros((16, 16), np.uint8)
+        top, left = (int(v) for v in rng.integers(0, 10, 2))
+        image[top : top + 6, left : left + 6] = (230, 230, 40)
+        mask[top : top + 6, left : left + 6] = 0 if row_id in LEFT_OUT else 1
+        Image.fromarray(image).save(folder / "images" / f"{row_id}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"{row_id}.png")
+        rows.append({"id": row_id, "image": f"images/{row_id}.png", "mask": f"masks/{row_id}.png"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    card = folder / "card.toml"
+    card.write_text(
+        'table = "manifest.csv"\nid = "id"\n[input]\ntype = "image"\ncolumn = "image"\n'
+        '[tasks.seg]\ntype = "segmentation"\ncolumn = "mask"\nclasses = 2\n',
+        encoding="utf-8",
+    )
+    return card
+
+
+def test_an_object_left_out_of_a_mask_is_a_suspect_outlined_as_missing(tmp_path):
+    card = _squares(tmp_path / "squares")
+    train(card, tmp_path / "run", config=tiny_config(epochs=12, lr=1e-2))
+    html = render_report(tmp_path / "run", tmp_path / "r.html", top=3).read_text(encoding="utf-8")
+    section = _section(html, "seg")
+    for row_id in LEFT_OUT:
+        assert "suspect" in section.split(f"<code>{row_id}</code>", 1)[0].rsplit("<tr", 1)[1]
+        why = _why(section, row_id)
+        found = re.match(
+            r"objects the mask leaves out: missing ([\d.]+)% \(typical label: ([\d.]+)%\)", why
+        )
+        assert found, why
+        assert float(found.group(1)) > 5 > float(found.group(2))  # a 6x6 object: 14% of 16x16
+        row = section.split(f"<code>{row_id}</code>", 1)[1].split("</tr>", 1)[0]
+        (picture,) = re.findall(
+            r'<td class="why">[^<]*<img class="thumb" src="data:image/png;base64,([^"]+)"', row
+        )
+        with Image.open(io.BytesIO(base64.b64decode(picture))) as image:
+            colours = {tuple(c) for _, c in image.convert("RGB").getcolors(1 << 16)}
+        assert MISSING_COLOUR in colours and EXTRA_COLOUR not in colours  # the mask has no object
+
+
+def test_an_old_run_without_evidence_says_so_and_is_explained_by_log_sigma2(planted_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(planted_run.run, old)
+    for path in (old / "trajectories").glob("*.parquet"):  # the schema before the evidence
+        pq.write_table(
+            pq.read_table(path).select(["epoch", "id", "task", "log_sigma2", "loss"]), path
+        )
+    html = unescape(render_report(old, tmp_path / "r.html", top=3).read_text(encoding="utf-8"))
+    assert "label: the run has no evidence columns (trained before they were recorded)" in html
+    assert "hard to fit (high log σ²): mean log σ² " in html
 
 
 def test_a_run_without_ilt_parameters_is_shown_by_its_loss(features_card, tmp_path, tiny):

@@ -3,11 +3,14 @@ decisions file, as `fix` then reads them."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,16 +20,29 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from browser import require_chromium
-from conftest import tiny_config, write_image_dataset
+from conftest import CLASSES, tiny_config, write_image_dataset
+from PIL import Image
 
 from ilt_audit.decisions import DecisionStore
-from ilt_audit.review import PER_PAGE, Review, bind, open_review, review_app, serve, url_of
+from ilt_audit.review import (
+    PER_PAGE,
+    PICTURE,
+    Filters,
+    Review,
+    bind,
+    open_review,
+    review_app,
+    serve,
+    url_of,
+)
 from ilt_audit.training import train
+from ilt_audit.views import EXTRA_COLOUR, MISSING_COLOUR
 
 
 @dataclass(frozen=True)
@@ -222,11 +238,15 @@ def test_two_clients_deciding_at_once_lose_nothing(served: Served, browser: obje
 # --- the server's rules ----------------------------------------------------------------------
 
 
-def test_a_page_lists_one_page_of_suspects_not_the_whole_list(
-    planted_run: object, tmp_path: Path
-) -> None:
+@pytest.fixture
+def served_planted(planted_run: object, tmp_path: Path) -> Served:
+    """The app on a copy of the features run with planted errors, every instance listed."""
     shutil.copytree(planted_run.run, tmp_path / "run")  # type: ignore[attr-defined]
-    served = _start(tmp_path / "run", planted_run.card, top="100%")  # type: ignore[attr-defined]
+    return _start(tmp_path / "run", planted_run.card, top="100%")  # type: ignore[attr-defined]
+
+
+def test_a_page_lists_one_page_of_suspects_not_the_whole_list(served_planted: Served) -> None:
+    served = served_planted
     status, html, _ = _get(served.url + "tasks/label")
     assert status == 200
     n = len(served.review.manifest.ids)
@@ -241,11 +261,92 @@ def test_filters_by_class_and_score(served: Served) -> None:
     _, html, _ = _get(served.url + "tasks/colour?class=red")
     labels = re.findall(r'<dd class="label">([^<]*)</dd>', html)
     assert labels and set(labels) == {"red"}
-    scores = [float(s) for s in re.findall(r'<span class="score">final ([-0-9.]+)</span>', html)]
+    scores = [float(s) for s in re.findall(r'<span class="score">p_wrong ([-0-9.]+)</span>', html)]
     middle = sorted(scores)[len(scores) // 2]
     _, html, _ = _get(served.url + f"tasks/colour?class=red&min={middle}")
-    kept = [float(s) for s in re.findall(r'<span class="score">final ([-0-9.]+)</span>', html)]
+    kept = [float(s) for s in re.findall(r'<span class="score">p_wrong ([-0-9.]+)</span>', html)]
     assert kept and all(s >= middle - 1e-3 for s in kept) and len(kept) < len(scores) + 1
+
+
+# --- why a suspect is one ---------------------------------------------------------------------
+
+
+def _articles(html: str) -> dict[str, str]:
+    """Each suspect's card on a page, by id."""
+    parts = html.split("<article ")[1:]
+    return {re.search(r'data-id="([^"]+)"', part).group(1): part for part in parts}  # type: ignore[union-attr]
+
+
+def _why(article: str) -> str:
+    return unescape(article.split('<dd class="why">', 1)[1].split("</dd>", 1)[0])
+
+
+def test_a_suspects_card_says_why_the_class_the_network_prefers_and_the_residual(
+    planted_run: object, served_planted: Served
+) -> None:
+    served = served_planted
+    _, html, _ = _get(served.url + "tasks/label")
+    cards = _articles(html)
+    for row_id in planted_run.flipped:  # type: ignore[attr-defined]
+        given = unescape(cards[row_id].split('<dd class="label">', 1)[1].split("</dd>", 1)[0])
+        found = re.fullmatch(
+            r"the network prefers ([abc]) \((>?)(\d+)%\) over the label ([abc]) .*",
+            _why(cards[row_id]),
+        )
+        assert found and found.group(4) == given, _why(cards[row_id])
+        assert found.group(1) == CLASSES[(CLASSES.index(given) - 1) % 3]  # the true class
+        assert int(found.group(3)) > 50
+    assert re.search(
+        r"Estimated error rate of label: [\d.]+% \(95% interval [\d.]+%–[\d.]+%\)", html
+    )
+    _, html, _ = _get(served.url + "tasks/target")
+    cards = _articles(html)
+    for row_id in planted_run.shifted:  # type: ignore[attr-defined]
+        why = _why(cards[row_id])
+        found = re.match(
+            r"far from the prediction: ([\d.]+) label SDs from the network's prediction "
+            r"\(typical label: ([\d.e-]+) SD\) · label − prediction now: y0 \+([\d.]+)",
+            why,
+        )
+        assert found, why
+        assert float(found.group(1)) > 10 * float(found.group(2)) and float(found.group(3)) > 4
+
+
+def test_a_mask_suspects_card_outlines_where_the_network_and_the_mask_disagree(
+    served: Served,
+) -> None:
+    _, html, _ = _get(served.url + "tasks/seg")
+    assert "outlined where the network and the mask disagree" in html
+    pictures = re.findall(
+        r'<img class="picture outline" src="data:image/png;base64,([^"]+)" '
+        r'alt="where the network and the seg mask of [^"]+ disagree"',
+        html,
+    )
+    assert len(pictures) == PER_PAGE
+    for picture in pictures:
+        with Image.open(io.BytesIO(base64.b64decode(picture))) as image:
+            assert image.size == (PICTURE, PICTURE)
+            colours = {tuple(c) for _, c in image.convert("RGB").getcolors(1 << 16)}
+        assert colours & {MISSING_COLOUR, EXTRA_COLOUR}  # a two-epoch network disagrees somewhere
+    assert all(_why(card) != "–" for card in _articles(html).values())
+
+
+def test_a_review_file_from_before_the_evidence_is_built_again(served: Served) -> None:
+    with sqlite3.connect(served.run / "review.sqlite") as db:  # the layout of 0.x: no evidence
+        db.execute("DROP TABLE suspects")
+        db.execute(
+            "CREATE TABLE suspects (task TEXT NOT NULL, rank INTEGER NOT NULL, id TEXT NOT NULL, "
+            "score REAL, label TEXT NOT NULL, class TEXT, trajectory TEXT NOT NULL, "
+            "PRIMARY KEY (task, rank))"
+        )
+        signature = json.dumps(
+            {"epochs": list(served.review.run.epochs), "score": "p_wrong", "top": "100%"}
+        )
+        db.execute("UPDATE suspects_meta SET value = ? WHERE key = 'signature'", (signature,))
+    reopened = open_review(served.run, top="100%")
+    assert reopened.counts() == served.review.counts()
+    found, _ = reopened.page("colour", 1, Filters())
+    assert found and all(json.loads(f["evidence"])["task"] == "colour" for f in found)
 
 
 def test_a_decision_needs_the_page_token_json_and_a_known_host(served: Served) -> None:
