@@ -36,10 +36,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ilt_audit.card import TaskSpec
+
+if TYPE_CHECKING:  # torch is imported where a batch is computed: readers of COLUMNS need none
+    import torch
 
 IGNORE = -100  # torch's default ignore index (ilt_audit.losses uses the same)
 CONFIDENT = 0.5  # a pixel is the network's when its class has more than this probability
@@ -61,7 +63,7 @@ class Scale:
         return self.mean.abs() + self.std
 
 
-SignalFn = Callable[[torch.Tensor, torch.Tensor, TaskSpec, Scale | None], torch.Tensor]
+SignalFn = Callable[..., Any]  # (output, target, task, scale) -> (B,) tensor
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,7 @@ def _iou(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale |
     objects = valid & (target != 0)
     both = (objects & (predicted == target)).flatten(1).sum(dim=1)
     either = (valid & ((predicted != 0) | (target != 0))).flatten(1).sum(dim=1)
-    return torch.where(
-        either > 0, both / either.clamp(min=1), torch.ones_like(both, dtype=out.dtype)
-    )
+    return both.to(out.dtype).div(either.clamp(min=1)).masked_fill(either == 0, 1.0)
 
 
 # --- regression: outputs (B, D), targets (B, D) in z units -----------------------------------
@@ -149,7 +149,7 @@ def _in_units(values: torch.Tensor, scale: Scale) -> torch.Tensor:
 def _log_ratio(out: torch.Tensor, target: torch.Tensor, scale: Scale) -> torch.Tensor:
     """log(|prediction| / |label|) per value, in the data's own units: a unit error's signature."""
     tiny = 1e-3 * scale.typical
-    return torch.log((_in_units(out, scale).abs() + tiny) / (_in_units(target, scale).abs() + tiny))
+    return ((_in_units(out, scale).abs() + tiny) / (_in_units(target, scale).abs() + tiny)).log()
 
 
 def _residual(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
@@ -223,7 +223,6 @@ def slots(tasks: tuple[TaskSpec, ...]) -> list[Slot]:
     return [Slot(k, signal) for k, task in enumerate(tasks) for signal in SIGNALS[task.type]]
 
 
-@torch.no_grad()
 def compute(
     tasks: tuple[TaskSpec, ...],
     outputs: dict[str, torch.Tensor],
@@ -231,10 +230,13 @@ def compute(
     scales: dict[str, Scale],
 ) -> torch.Tensor:
     """Every slot's signal for a batch: (B, S) float32, in the order of :func:`slots`."""
+    import torch
+
     columns = []
-    for task in tasks:
-        out = outputs[task.name].detach().float()
-        for signal in SIGNALS[task.type]:
-            value = signal.compute(out, targets[task.name], task, scales.get(task.name))
-            columns.append(value.float())
-    return torch.stack(columns, dim=1)
+    with torch.no_grad():
+        for task in tasks:
+            out = outputs[task.name].detach().float()
+            for signal in SIGNALS[task.type]:
+                value = signal.compute(out, targets[task.name], task, scales.get(task.name))
+                columns.append(value.float())
+        return torch.stack(columns, dim=1)
