@@ -16,6 +16,7 @@ from PIL import Image
 from ilt_audit.corruption import read_truth
 from ilt_audit.evaluation import evaluate
 from ilt_audit.manifest import load_manifest
+from ilt_audit.trajectories import read_trajectories
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +119,15 @@ def test_benchmark_runs_the_modes_it_is_given_on_every_task_type(
     modes = {"colour": "pairs", "geometry": "swap", "seg": "drop-object", "depth": "holes"}
     args = [
         "--samples", str(card), "--modes", ",".join(modes.values()), "--seeds", "1",
-        "--fractions", "0.4", "--epochs", "1", "--no-quality", "--threads", "1",
+        "--fractions", "0.4", "--epochs", "1", "--no-quality", "--ceiling", "--threads", "1",
         "--workdir", str(workdir), "--out-md", str(out_md),
     ]  # fmt: skip
     assert bench.main(args) == 0
     records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
     assert {(r["task"], r["mode"]) for r in records} == set(modes.items())
     methods = {(r["task"], r["method"]) for r in records}
-    assert methods >= {(task, m) for task in modes for m in ("ilt", "uncertainty", "mao")}
+    every = ("ilt", "uncertainty", "mao", bench.CEILING)
+    assert methods >= {(task, m) for task in modes for m in every}
     # cleanlab (when installed) on the classification task only
     assert {t for t, m in methods if m == "cleanlab"} == (
         {"colour"} if bench._cleanlab_available() else set()
@@ -269,3 +271,71 @@ def test_benchmark_refuses_fashion_without_the_debian_package(
     err = capsys.readouterr().err
     assert "--samples fashion: Fashion-MNIST's train-images-idx3-ubyte.gz, " in err
     assert "apt-get install dataset-fashion-mnist" in err
+
+
+def test_the_ceiling_scores_each_label_by_a_network_that_never_saw_it(
+    bench, tmp_path: Path
+) -> None:
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    args = [
+        "--samples", "penguins", "--tasks", "species", "--modes", "pairs,confusion",
+        "--seeds", "1", "--fractions", "0.1", "--epochs", "1", "--no-quality", "--no-mao",
+        "--no-cleanlab", "--ceiling", "--threads", "1",
+        "--workdir", str(workdir), "--out-md", str(out_md),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    ceiling = [r for r in records if r["method"] == bench.CEILING]
+    assert {r["mode"] for r in ceiling} == {"pairs", "confusion"}
+    for record in ceiling:
+        assert record["status"] == "ok" and record["nan"] == 0
+        figures = record["scores"][bench.CEILING]
+        assert 0 <= figures["detection_accuracy"] <= 1 and 0 <= figures["auroc"] <= 1
+
+    # one set of fold networks serves both modes; none was trained on the rows it scores
+    settings = bench.parse_args(args)
+    folds = bench.ceiling_folds(settings, settings.samples[0], 0, bench.Outcome())
+    assert len(folds) == bench.FOLDS
+    assert len(list((workdir / bench.CEILING).rglob("fold-*.json"))) == bench.FOLDS
+    ids = load_manifest(settings.samples[0].card).ids
+    held_out = [{ids[row] for row in fold.held_out} for fold in folds]
+    assert set().union(*held_out) == set(ids) and sum(map(len, held_out)) == len(ids)
+    for fold, scored in zip(folds, held_out, strict=True):
+        trained = set(read_trajectories(fold.run_dir).id)
+        assert trained.isdisjoint(scored) and trained | scored == set(ids)
+
+    markdown = out_md.read_text(encoding="utf-8")
+    header = next(line for line in markdown.splitlines() if line.startswith("| sample | task"))
+    assert "| best other | ceiling | estimated rate |" in header  # the evidence table
+    assert "| cleanlab | ceiling | best other |" in markdown  # the table by mode
+
+
+def _evidence_record(method: str, score: str, figure: float, mode: str) -> dict[str, object]:
+    return {
+        "sample": "s", "task": "t", "task_type": "classification", "mode": mode,
+        "fraction": 0.1, "method": method, "status": "ok",
+        "scores": {score: {"detection_accuracy": figure, "auroc": 0.9}},
+    }  # fmt: skip
+
+
+def test_the_evidence_verdict_settles_for_most_of_a_low_ceiling(bench) -> None:
+    def verdict(default: float, ceiling: float | None, mode: str = "pairs") -> str:
+        records = [_evidence_record("ilt", bench.DEFAULT_BY, default, mode)]
+        if ceiling is not None:
+            records.append(_evidence_record(bench.CEILING, bench.CEILING, ceiling, mode))
+        lines = "\n".join(bench._evidence_section(records)).splitlines()
+        row = next(line for line in lines if line.startswith("| s |"))
+        return row.strip("| ").split(" | ")[-1].split(";")[0]
+
+    assert verdict(0.80, 0.82) == "met (≥ 77.9%, 0.95 × the ceiling)"
+    assert verdict(0.75, 0.82) == "**not met** (≥ 77.9%, 0.95 × the ceiling)"
+    assert verdict(0.80, 0.97) == "**not met** (≥ 90%)"  # a ceiling that sees them: 90% stands
+    assert verdict(0.80, None) == "**not met** (≥ 90%)"
+    assert verdict(0.80, 0.82, "permutation") == "**not met** (≥ 95%)"  # the paper's mode
+    # the ceiling is no baseline: the default is not measured against it
+    records = [
+        _evidence_record("ilt", bench.DEFAULT_BY, 0.80, "pairs"),
+        _evidence_record(bench.CEILING, bench.CEILING, 0.99, "pairs"),
+    ]
+    assert "met (≥ best other − 1 pt)" in "\n".join(bench._evidence_section(records))
+    assert "**not met** (≥ best other" not in "\n".join(bench._evidence_section(records))
