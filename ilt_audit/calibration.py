@@ -27,8 +27,8 @@ them, its area), and read as a probability that the label is wrong in one of two
 ``p_wrong`` is the largest of a label's signal probabilities (each kind of error shows in one
 signal: an omission in ``missing``, a unit error in ``log_ratio``), and the task's estimated error
 rate is the mean of ``p_wrong``, with a 95% interval from its sampling and assignment variance.
-A suspect is a label with ``p_wrong`` ≥ :data:`SUSPECT`: more likely wrong than right, with the
-same meaning for every task type. Ties (labels certain either way, mostly the bulk's 0) are
+A suspect is a label with ``p_wrong`` above :data:`SUSPECT`: more likely wrong than right, with
+the same meaning for every task type. Ties (labels certain either way, mostly the bulk's 0) are
 ordered by the largest posterior before the cut of :data:`STANDS_OUT`.
 
 A run trained before the evidence was recorded has only ``log σ²`` and ``loss``: its ``p_wrong``
@@ -54,7 +54,7 @@ from ilt_audit.rundir import RunLike, open_run
 from ilt_audit.trajectories import read_matrix, task_codes
 
 Z95 = 1.959964  # the two-sided 95% normal quantile
-SUSPECT = 0.5  # a label whose p_wrong is at least this is a suspect: more likely wrong than right
+SUSPECT = 0.5  # a label whose p_wrong is above this is a suspect: more likely wrong than right
 SHARE_FLOOR = 0.05  # the least spread of a share's bulk, on its cube-root scale (0.05³: 0.01 %)
 # The least spread of a residual's bulk, in the task's z units (a residual's cube-root scale for
 # regression): a network that fits every right label to within a few hundredths of the labels'

@@ -799,6 +799,8 @@ def gate(
         parts = [t.suspect_list.assign(task=t.task) for t in result.tasks]
         frame = pd.concat(parts, ignore_index=True)[["rank", "id", "task", "score", "label"]]
         _emit(frame, fmt, output, "")
+    for note in result.notes:  # a task the network has not learned passes for want of evidence
+        err_console.print(f"[yellow]Note:[/] {_markup_safe(note)}", highlight=False)
     if result.passed:
         within = f"at most {_markup_safe(max_suspect)} suspect"
         if max_error_rate is not None:
@@ -850,6 +852,8 @@ def _print_gate(result: Any) -> None:
         )
     console.print(table)
     for t in result.failed:
+        if not t.suspects:  # failed on its estimated error rate alone
+            continue
         shown = t.suspect_list.head(20)
         listing = Table(
             title=_cell(

@@ -261,6 +261,7 @@ class GateResult:
     tasks: tuple[TaskGate, ...]
     epochs: tuple[int, int] = (0, 0)  # (finished, planned) epochs of the run
     partial_note: str | None = None  # set when the run is unfinished and was read as it is
+    notes: tuple[str, ...] = ()  # what p_wrong could not use (a task not learned, an old run)
 
     @property
     def passed(self) -> bool:
@@ -277,6 +278,7 @@ class GateResult:
             "epochs_finished": self.epochs[0],
             "epochs_planned": self.epochs[1],
             "partial": self.partial_note is not None,
+            "notes": list(self.notes),
             "score": self.score,
             "max_suspect": self.max_suspect,
             "rule": {
@@ -342,7 +344,9 @@ def gate(
             )
         )
     epochs = (len(run.epochs), run.planned)
-    return GateResult(run.path, by, limit, tuple(verdicts), epochs, run.partial_note)
+    audit = found.scores.audit
+    notes = tuple(audit.notes) if audit is not None else ()
+    return GateResult(run.path, by, limit, tuple(verdicts), epochs, run.partial_note, notes)
 
 
 # --- CI formats ---------------------------------------------------------------------------------

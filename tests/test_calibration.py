@@ -102,6 +102,10 @@ def test_a_run_from_before_the_evidence_reads_with_log_sigma2_and_says_so(
     result = cli("rank", old, "--top", "2")
     assert result.exit_code == 0, result.stderr
     assert "p_wrong comes from log σ² alone" in result.err
+    gated = cli("gate", old, "--max-suspect", "100%", "--format", "json")
+    assert gated.exit_code == 0, gated.stderr
+    assert "p_wrong comes from log σ² alone" in gated.err
+    assert any("log σ² alone" in note for note in json.loads(gated.stdout)["notes"])
 
 
 def test_gate_max_error_rate_exits_1_over_and_0_under(cli, planted_run):
