@@ -306,6 +306,7 @@ class Settings:
     command: str
     backbones: tuple[str, ...] = ()  # --model names also trained with ILT on image samples
     report_only: bool = False  # write the report from finished configurations, run nothing
+    rescore: bool = False  # score the finished ILT runs again with this tree's scoring
     block: str | None = None  # write the report into this block of out_md only
     ceiling: bool = False  # also the ceiling: FOLDS trainings on clean labels per sample and seed
 
@@ -395,6 +396,12 @@ def parse_args(argv: list[str]) -> Settings:
         type=int,
         help="torch CPU threads (default: torch's choice). On a machine shared with other jobs, "
         "1 can be several times faster than oversubscribed OpenMP threads",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the finished ILT runs of --workdir again with this tree's scoring (no "
+        "training): a change to the scores measured on the same networks",
     )
     parser.add_argument("--no-cleanlab", action="store_true", help="skip the cleanlab baseline")
     parser.add_argument(
@@ -546,6 +553,7 @@ def parse_args(argv: list[str]) -> Settings:
         command=shlex.join(["python", "benchmarks/detection.py", *argv]),
         backbones=tuple(_csv(args.backbones or "")),
         report_only=args.report_only,
+        rescore=args.rescore,
         block=args.block,
         ceiling=args.ceiling,
     )
@@ -751,6 +759,34 @@ def _corrupted(settings: Settings, case: Case) -> tuple[Path, Path] | str:
 
 def _figures(row: Any) -> dict[str, float]:
     return {name: float(row[name]) for name in FIGURES}
+
+
+def rescore(workdir: Path, results: Results, keys: list[str]) -> None:
+    """Score the finished ILT runs of ``keys`` again with this tree's scoring (every score of
+    ``ranking.SCORES`` and the error rate), without training: the runs are kept in the work
+    folder, so a change to the scores is measured on the same networks."""
+    for key in keys:
+        record = results.records[key]
+        if (
+            record["section"] != "detection"
+            or record["method"] != "ilt"
+            or record["status"] != "ok"
+        ):
+            continue
+        folder = workdir / key.rsplit("/", 2)[0]
+        run_dir, truth = folder / "ilt", folder / "data" / "corruption.parquet"
+        if not (run_dir / "config.json").is_file() or not truth.is_file():
+            continue
+        record["scores"] = {
+            by: _figures(evaluate(run_dir, truth, by=by).iloc[0])
+            for by in scores_for(record["task_type"])
+        }
+        rate = audit(run_dir).rates.get(record["task"])
+        if rate is not None:
+            record["error_rate"] = rate.to_dict()
+        results.records[key] = record
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in results.records.values())
+    results.path.write_text(text, encoding="utf-8")
 
 
 def scores_for(task_type: str) -> list[str]:
@@ -2025,6 +2061,8 @@ def _run(settings: Settings) -> int:
         counter = _counter(len(planned))
         run_detection(settings, results, counter)
         run_quality(settings, results, counter)
+    if settings.rescore:
+        rescore(settings.workdir, results, [key for key in planned if key in results])
     records = [results.records[key] for key in planned if key in results]
     elapsed = time.perf_counter() - started
     settings.out_md.parent.mkdir(parents=True, exist_ok=True)
