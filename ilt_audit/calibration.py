@@ -60,7 +60,7 @@ SHARE_FLOOR = 0.05  # the least spread of a share's bulk, on its cube-root scale
 # The least spread of a residual's bulk, in the task's z units (a residual's cube-root scale for
 # regression): a network that fits every right label to within a few hundredths of the labels'
 # spread does not make a residual of a tenth a wrong label.
-RESIDUAL_FLOOR = 0.05
+RESIDUAL_FLOOR = 0.075
 EM_STEPS = 60
 PRIOR = 0.05  # the share of wrong labels EM starts from
 STANDS_OUT = 2.0  # spreads from the bulk within which a value is never a wrong label's
