@@ -2,7 +2,8 @@
 
 The earlier commit (``--base``, default the last one before the evidence) is checked out into a
 temporary git worktree; both versions then train the same cards in turn, base then this tree,
-``--rounds`` times (paired, so that a machine whose speed drifts affects both alike), one CPU
+``--rounds`` times, the order alternating (paired, so that a machine whose speed drifts affects
+both alike), one CPU
 thread, no DataLoader workers, and each round's median epoch time is compared. The medians of
 the per-round ratios go into ``docs/benchmarks.md`` between the ``evidence-cost`` markers.
 
@@ -71,8 +72,12 @@ def main() -> None:
             for name, card in cards.items():
                 pairs = []
                 for round_ in range(args.rounds):
-                    before = epoch_seconds(base, card, args.epochs)
-                    after = epoch_seconds(ROOT, card, args.epochs)
+                    if round_ % 2:  # the order alternates: neither always runs on a warm cache
+                        after = epoch_seconds(ROOT, card, args.epochs)
+                        before = epoch_seconds(base, card, args.epochs)
+                    else:
+                        before = epoch_seconds(base, card, args.epochs)
+                        after = epoch_seconds(ROOT, card, args.epochs)
                     pairs.append((before, after))
                     print(f"{name} round {round_ + 1}: {before:.2f} s → {after:.2f} s")
                 ratio = statistics.median(a / b for b, a in pairs)
@@ -89,7 +94,8 @@ def main() -> None:
             "",
             f"- Produced by: `python benchmarks/evidence_cost.py --rounds {args.rounds}` "
             f"(base {args.base}, the commit before the evidence columns)",
-            f"- Paired rounds, one CPU thread, no DataLoader workers, {args.epochs} epochs a run; "
+            f"- Paired rounds in alternating order, one CPU thread, no DataLoader workers, "
+            f"{args.epochs} epochs a run; "
             "a round's figure is its run's median epoch. Target: ≤ 1.05× the base's epoch.",
             "",
             "| data | base epoch (s) | with evidence (s) | median ratio | ≤ 1.05× |",
