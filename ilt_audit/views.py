@@ -400,7 +400,7 @@ def why_text(
     labelled: Numbers | None = None,
 ) -> str:
     """One line for people from a row of :func:`ilt_audit.explanation.explain`: for a suspect
-    (``p_wrong`` ≥ :data:`ilt_audit.calibration.SUSPECT`), what the deciding signal means; then
+    (``p_wrong`` above :data:`ilt_audit.calibration.SUSPECT`), what the deciding signal means; then
     what the network makes of the instance, the deciding signal against the task's typical
     label. ``label`` is the label as shown; for regression, ``predicted`` and ``labelled`` (the
     network's prediction now and the label, as :class:`Numbers`) add how far apart they are per
@@ -433,7 +433,7 @@ def why_text(
             for c, v, p in zip(labelled.columns, labelled.values, predicted.values, strict=True)
         )
         text += (" · " if text else "") + f"label − prediction now: {gaps}"
-    suspect = (e.get("p_wrong") or 0.0) >= SUSPECT
+    suspect = (e.get("p_wrong") or 0.0) > SUSPECT
     if suspect and e.get("why") and column not in _SAYS_ITSELF:
         return f"{e['why']}: {text}" if text else str(e["why"])
     return text or "–"
