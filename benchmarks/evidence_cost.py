@@ -36,15 +36,15 @@ torch.set_num_threads(1)
 from ilt_audit.training import TrainConfig, train
 out = Path(tempfile.mkdtemp())
 train(sys.argv[2], out / "run", config=TrainConfig(epochs=int(sys.argv[3]), device="cpu",
-      workers=0, seed=0))
+      workers=0, seed=0, batch_size=int(sys.argv[4])))
 print(json.dumps([json.loads(l)["time_s"] for l in (out / "run" / "metrics.jsonl").open()]))
 """
 
 
-def epoch_seconds(tree: Path, card: Path, epochs: int) -> float:
+def epoch_seconds(tree: Path, card: Path, epochs: int, batch: int) -> float:
     """The median epoch time of one training run of ``card`` with the package in ``tree``."""
     done = subprocess.run(
-        [sys.executable, "-c", EPOCH, str(tree), str(card), str(epochs)],
+        [sys.executable, "-c", EPOCH, str(tree), str(card), str(epochs), str(batch)],
         capture_output=True,
         text=True,
         check=True,
@@ -58,8 +58,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--features-card",
+        type=Path,
+        help="also a features card, trained with batch 256 (e.g. the 100,000-row card that "
+        "benchmarks/throughput.py writes into its work folder): the small network, where the "
+        "evidence is the largest share of a step",
+    )
     args = parser.parse_args()
-    cards = {"shapes (600 images, 4 task types)": ROOT / "sample_manifests/shapes/card.toml"}
+    cards = {
+        "shapes (600 images, 4 task types), batch 32": (
+            ROOT / "sample_manifests/shapes/card.toml",
+            32,
+        )
+    }
+    if args.features_card is not None:
+        cards[f"features ({args.features_card.parent.name}), batch 256"] = (args.features_card, 256)
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch) / "base"
         subprocess.run(
@@ -69,15 +83,15 @@ def main() -> None:
         )
         try:
             rows = []
-            for name, card in cards.items():
+            for name, (card, batch) in cards.items():
                 pairs = []
                 for round_ in range(args.rounds):
                     if round_ % 2:  # the order alternates: neither always runs on a warm cache
-                        after = epoch_seconds(ROOT, card, args.epochs)
-                        before = epoch_seconds(base, card, args.epochs)
+                        after = epoch_seconds(ROOT, card, args.epochs, batch)
+                        before = epoch_seconds(base, card, args.epochs, batch)
                     else:
-                        before = epoch_seconds(base, card, args.epochs)
-                        after = epoch_seconds(ROOT, card, args.epochs)
+                        before = epoch_seconds(base, card, args.epochs, batch)
+                        after = epoch_seconds(ROOT, card, args.epochs, batch)
                     pairs.append((before, after))
                     print(f"{name} round {round_ + 1}: {before:.2f} s → {after:.2f} s")
                 ratio = statistics.median(a / b for b, a in pairs)
@@ -92,7 +106,9 @@ def main() -> None:
         [
             "## What the evidence costs an epoch (issue 20)",
             "",
-            f"- Produced by: `python benchmarks/evidence_cost.py --rounds {args.rounds}` "
+            f"- Produced by: `python benchmarks/evidence_cost.py --rounds {args.rounds}"
+            + (" --features-card CARD" if args.features_card is not None else "")
+            + "` "
             f"(base {args.base}, the commit before the evidence columns)",
             f"- Paired rounds in alternating order, one CPU thread, no DataLoader workers, "
             f"{args.epochs} epochs a run; "

@@ -64,7 +64,7 @@ PLANTED = 0.015  # share of each task's instances whose log σ² climbs (and tha
 TASKS = (("label", "classification"), ("target", "regression"), ("grade", "classification"))
 CLASSES = ("a", "b", "c")
 GRADES = 5
-BUILD = 1  # bump when the synthetic data changes, so that old work folders are rebuilt
+BUILD = 2  # bump when the synthetic data changes, so that old work folders are rebuilt
 
 CARD = """\
 table = "manifest.parquet"
@@ -217,7 +217,8 @@ def build(folder: Path, n: int, epochs: int, *, seed: int = 0) -> Case:
 def _write_run(
     case: Case, card: Card, ids: pa.Array, planted: np.ndarray, rng: np.random.Generator
 ) -> None:
-    """config.json, metrics.jsonl and the trajectories: clean log σ² settle low, planted ones climb."""
+    """config.json, metrics.jsonl and the trajectories: clean log σ² settle low, planted ones climb;
+    the evidence columns the default score reads follow the loss."""
     from ilt_audit.training import TrainConfig  # imports torch: only when a run is built
 
     n, k = planted.shape
@@ -244,7 +245,14 @@ def _write_run(
         noise = rng.normal(0.0, 0.15, (n, k))
         log_sigma2 = np.clip(settle * reached + noise, -4.0, 4.0).astype(np.float32)  # (N, K)
         loss = np.exp(log_sigma2 + rng.normal(0.0, 0.3, (n, k))).astype(np.float32)
-        writer.write(epoch, log_sigma2, loss)
+        # the evidence a real run records, which the default score (p_wrong) reads: a margin for
+        # the classification tasks, a residual for the regression one (NaN elsewhere)
+        margin = np.full((n, k), np.nan, dtype=np.float32)
+        residual = np.full((n, k), np.nan, dtype=np.float32)
+        for j, (_, kind) in enumerate(TASKS):
+            column = margin if kind == "classification" else residual
+            column[:, j] = np.sqrt(loss[:, j]) * (-1.0 if kind == "classification" else 1.0) + 1.0
+        writer.write(epoch, log_sigma2, loss, evidence={"margin": margin, "residual": residual})
         metrics.append(
             {
                 "epoch": epoch,

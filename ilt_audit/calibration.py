@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ilt_audit.rundir import RunLike, open_run
 from ilt_audit.trajectories import read_matrix, task_codes
@@ -318,8 +319,25 @@ def _signal(
         present = ~np.isnan(matrix.values)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.nansum(matrix.values, axis=0, dtype=np.float64) / present.sum(axis=0)
-        cache[key] = (matrix.keys, mean)
+        keys = cache.setdefault("keys", matrix.keys)  # every signal lined up on the first's rows
+        if keys is not matrix.keys and not keys.equals(matrix.keys):  # files without row order
+            mean = _lined_up(keys, matrix.keys, mean)
+        cache[key] = (keys, mean)
     return cache[key]
+
+
+def _lined_up(keys: pa.Table, found: pa.Table, values: np.ndarray) -> np.ndarray:
+    """``values`` of the rows ``found`` in the order of ``keys`` (NaN where a key is missing)."""
+
+    def joined(table: pa.Table) -> pa.Array:
+        task = table["task"].cast(pa.string())
+        return pc.binary_join_element_wise(table["id"], task, "\x1f").combine_chunks()
+
+    position = pc.index_in(joined(keys), value_set=joined(found)).to_numpy(zero_copy_only=False)
+    out = np.full(keys.num_rows, np.nan)
+    known = ~np.isnan(position.astype(np.float64))
+    out[known] = values[position[known].astype(np.int64)]
+    return out
 
 
 def audit(run: RunLike) -> Audit:
@@ -328,7 +346,10 @@ def audit(run: RunLike) -> Audit:
     epochs = list(run.epochs)
     types = run.task_types
     cache: dict = {}
-    keys, log_sigma2 = _signal(run.path, LOG_SIGMA2, epochs, cache)
+    # the keys, and whether the run has a log σ² for the fallback, from the last epoch alone
+    keys, log_sigma2 = _signal(
+        run.path, dataclasses.replace(LOG_SIGMA2, epochs=_last), epochs, cache
+    )
     names, codes = task_codes(keys)
     r = keys.num_rows
     signals: dict[str, np.ndarray] = {}

@@ -203,3 +203,14 @@ def test_omissions_shifts_offsets_unit_errors_and_confusions_rank_on_top(tmp_pat
         top = set(ranked.head(2 * len(ids)).id)  # the top share: twice the planted count
         found = len(top & set(ids)) / len(ids)
         assert found >= 0.75, (task, found, ranked.head(2 * len(ids)).to_dict("records"))
+
+
+def test_signals_read_from_files_in_another_row_order_are_lined_up_by_key():
+    import pyarrow as pa
+
+    from ilt_audit.calibration import _lined_up
+
+    keys = pa.table({"id": ["a", "b", "c"], "task": ["t", "t", "u"]})
+    found = pa.table({"id": ["c", "a", "b"], "task": ["u", "t", "u"]})  # (b, t) missing
+    lined = _lined_up(keys, found, np.array([3.0, 1.0, 9.0]))
+    assert lined[0] == 1.0 and np.isnan(lined[1]) and lined[2] == 3.0
