@@ -58,7 +58,7 @@ class Figures:
 
 
 def cases(quick: bool) -> list[Case]:
-    from ilt_audit.model import MODELS
+    from ilt_audit.training.model import MODELS
 
     if quick:
         return [Case(name, 32, 4) for name in MODELS]
@@ -70,8 +70,8 @@ def one(case: Case, seconds: float) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from ilt_audit.card import TaskSpec
-    from ilt_audit.model import ModelConfig, build_model
+    from ilt_audit.dataset.card import TaskSpec
+    from ilt_audit.training.model import ModelConfig, build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ follows the paper's protocol (section 4.6, Table 7): ``corrupt`` one task, train
 library's default options (only the seed is set), and measure how well each method ranks the
 corrupted labels on top, on the same corrupted data:
 
-- ILT params with the default score (``ilt_audit.ranking.DEFAULT_BY``), and every other score of
+- ILT params with the default score (``ilt_audit.audit.ranking.DEFAULT_BY``), and every other score of
   ``ranking.SCORES`` from the same run, so the default can be chosen by the figures; among them
   the small-loss baseline (``by="loss"``) and, on classification tasks, AUM (``by="aum"``, the
   area under the margin);
@@ -18,7 +18,7 @@ corrupted labels on top, on the same corrupted data:
   the other instances (5-fold), each given label scored by how much it disagrees with the
   network that never saw its instance; the most any method could see in that data.
 
-The corruption modes (``--modes``) are those of ``ilt_audit.corruption.MODES``: ``paper`` (the
+The corruption modes (``--modes``) are those of ``ilt_audit.corruption.planting.MODES``: ``paper`` (the
 default) runs each task with its type's default mode, the paper's, so the figures stay
 comparable with earlier reports; ``all`` runs every mode of each task's type. The samples are the
 shipped ones (``sample_manifests/``: ``shapes``, ``scenes``, ``penguins``) and ``digits``,
@@ -73,18 +73,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ilt_audit.calibration import audit
-from ilt_audit.card import Card, load_card
-from ilt_audit.corruption import MODES, corrupt, read_truth
-from ilt_audit.data import Dataset, load_dataset, make_loader, to_device
+from ilt_audit.audit.calibration import audit
+from ilt_audit.audit.evaluation import detection_metrics, evaluate
+from ilt_audit.audit.ranking import DEFAULT_BY, SCORES
+from ilt_audit.corruption.planting import MODES, corrupt, read_truth
+from ilt_audit.dataset.card import Card, load_card
+from ilt_audit.dataset.loader import Dataset, load_dataset, make_loader, to_device
+from ilt_audit.dataset.manifest import load_manifest, read_table
 from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
-from ilt_audit.evaluation import detection_metrics, evaluate
 from ilt_audit.internal.toml import toml_dumps
-from ilt_audit.losses import INSTANCE_LOSS
-from ilt_audit.manifest import load_manifest, read_table
-from ilt_audit.ranking import DEFAULT_BY, SCORES
-from ilt_audit.training import TrainConfig, load_model, predict, saved_normalisation, train
-from ilt_audit.trajectories import read_trajectories
+from ilt_audit.run.trajectories import read_trajectories
+from ilt_audit.training.loop import TrainConfig, load_model, predict, saved_normalisation, train
+from ilt_audit.training.losses import INSTANCE_LOSS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _markdown import foreign_blocks, markers, read_block, write_block  # noqa: E402
@@ -380,7 +380,7 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--modes",
         default="paper",
-        help="corruption modes (ilt_audit.corruption.MODES): paper (default: each task type's "
+        help="corruption modes (ilt_audit.corruption.planting.MODES): paper (default: each task type's "
         "default, the paper's), all (every mode of each task's type), or comma-separated mode "
         "names, each run on the tasks whose type has it",
     )
@@ -1639,7 +1639,7 @@ def _modes_section(detection: list[dict[str, Any]], skipped: list[dict[str, Any]
         [kind, f"`{mode}`", MODES[kind][mode].about, f"{MODES[kind][mode].magnitude or '—'}"]
         for kind, mode in used
     ]
-    out += ["The modes (`ilt_audit.corruption.MODES`), each at its default magnitude:", ""]
+    out += ["The modes (`ilt_audit.corruption.planting.MODES`), each at its default magnitude:", ""]
     out += [_table(["task type", "mode", "what it plants", "magnitude"], legend), ""]
     if skipped:
         reasons = dict.fromkeys(

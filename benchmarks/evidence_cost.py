@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
-from ilt_audit.training import TrainConfig, train
+from ilt_audit.training.loop import TrainConfig, train
 out = Path(tempfile.mkdtemp())
 train(sys.argv[2], out / "run", config=TrainConfig(epochs=int(sys.argv[3]), device="cpu",
       workers=0, seed=0, batch_size=int(sys.argv[4])))

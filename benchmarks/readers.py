@@ -1,7 +1,7 @@
 """Reader benchmark: `rank`, `evaluate`, `gate` and `report` on large synthetic runs.
 
 It writes a run directory as training would (``config.json``, ``metrics.jsonl`` and one trajectory
-file per epoch through :class:`ilt_audit.trajectories.TrajectoryWriter`) for a features dataset
+file per epoch through :class:`ilt_audit.run.trajectories.TrajectoryWriter`) for a features dataset
 of N instances with three tasks (two classification, one regression), whose Parquet manifest and
 card let the commands look labels up. In each task a share of the instances (``PLANTED``) gets a
 ``log σ²`` trajectory that climbs, as wrong labels do; a ``corruption.parquet`` names them. There
@@ -45,11 +45,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ilt_audit import __version__
-from ilt_audit.card import Card, load_card
 from ilt_audit.cli import TABLE_ROWS
-from ilt_audit.corruption import TRUTH_FILE, TRUTH_SCHEMA
-from ilt_audit.rundir import write_config, write_metrics
-from ilt_audit.trajectories import TrajectoryWriter
+from ilt_audit.corruption.planting import TRUTH_FILE, TRUTH_SCHEMA
+from ilt_audit.dataset.card import Card, load_card
+from ilt_audit.run.directory import write_config, write_metrics
+from ilt_audit.run.trajectories import TrajectoryWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _markdown import table, write_block  # noqa: E402
@@ -219,7 +219,7 @@ def _write_run(
 ) -> None:
     """config.json, metrics.jsonl and the trajectories: clean log σ² settle low, planted ones climb;
     the evidence columns the default score reads follow the loss."""
-    from ilt_audit.training import TrainConfig  # imports torch: only when a run is built
+    from ilt_audit.training.loop import TrainConfig  # imports torch: only when a run is built
 
     n, k = planted.shape
     run = case.run

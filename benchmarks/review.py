@@ -42,7 +42,7 @@ TARGET_S = 1.0  # a page, a decision: what "responsive" means here
 _PROBE = r"""
 import json, statistics, sys, threading, time, urllib.request
 started = time.perf_counter()
-from ilt_audit.review import bind, open_review, review_app, serve, url_of
+from ilt_audit.review.app import bind, open_review, review_app, serve, url_of
 imported = time.perf_counter() - started
 run, top, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t = time.perf_counter(); review = open_review(run, top=top); first = time.perf_counter() - t

@@ -46,9 +46,9 @@ from _markdown import table, write_block  # noqa: E402
 from throughput import ROOT, cpu_model, features_card  # noqa: E402
 
 import ilt_audit  # noqa: E402
-from ilt_audit.evaluation import evaluate  # noqa: E402
-from ilt_audit.ranking import rank  # noqa: E402
-from ilt_audit.rundir import read_metrics  # noqa: E402
+from ilt_audit.audit.evaluation import evaluate  # noqa: E402
+from ilt_audit.audit.ranking import rank  # noqa: E402
+from ilt_audit.run.directory import read_metrics  # noqa: E402
 
 BLOCK = "scaling"
 FRACTION = 0.2  # share of `kind` labels corrupted

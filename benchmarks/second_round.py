@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ilt_audit.corruption import corrupt
-from ilt_audit.data import load_dataset
-from ilt_audit.evaluation import detection_metrics
-from ilt_audit.ranking import scores
-from ilt_audit.training import TrainConfig, predict, saved_normalisation, train
+from ilt_audit.audit.evaluation import detection_metrics
+from ilt_audit.audit.ranking import scores
+from ilt_audit.corruption.planting import corrupt
+from ilt_audit.dataset.loader import load_dataset
+from ilt_audit.training.loop import TrainConfig, predict, saved_normalisation, train
 
 
 def digits_card(folder: Path) -> Path:

@@ -69,19 +69,19 @@ from rich.console import Console
 from torchvision.transforms import v2
 
 import ilt_audit
-from ilt_audit.card import TaskSpec, load_card
-from ilt_audit.data import EpochBatches, default_workers, load_dataset
+from ilt_audit.dataset.card import TaskSpec, load_card
+from ilt_audit.dataset.loader import EpochBatches, default_workers, load_dataset
 from ilt_audit.errors import OptionError
-from ilt_audit.losses import instance_losses
-from ilt_audit.model import ModelConfig, build_model
-from ilt_audit.rundir import read_metrics
-from ilt_audit.training import (
+from ilt_audit.run.directory import read_metrics
+from ilt_audit.training.loop import (
     TrainConfig,
     build_network,
     resolve_device,
     resolve_precision,
     set_seed,
 )
+from ilt_audit.training.losses import instance_losses
+from ilt_audit.training.model import ModelConfig, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _markdown import table, write_block  # noqa: E402

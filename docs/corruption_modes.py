@@ -2,7 +2,7 @@
 
 One synthetic instance (an image with a disc and a square, their mask, a depth map) is written as
 a one-row dataset card; each segmentation and dense-regression mode then corrupts it through
-``ilt_audit.corruption.corrupt`` with its default magnitude and seed 0, and the corrupted map is
+``ilt_audit.corruption.planting.corrupt`` with its default magnitude and seed 0, and the corrupted map is
 read back from the card it wrote. Run from the repository root:
 
     python docs/corruption_modes.py
@@ -20,10 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ilt_audit.corruption import corrupt, read_truth  # noqa: E402
-from ilt_audit.corruption_modes import MODES  # noqa: E402
-from ilt_audit.data import read_depth, read_mask  # noqa: E402
-from ilt_audit.manifest import load_manifest  # noqa: E402
+from ilt_audit.corruption.modes import MODES  # noqa: E402
+from ilt_audit.corruption.planting import corrupt, read_truth  # noqa: E402
+from ilt_audit.dataset.loader import read_depth, read_mask  # noqa: E402
+from ilt_audit.dataset.manifest import load_manifest  # noqa: E402
 
 SIZE = 48
 OUT = Path(__file__).with_name("corruption-modes.png")

@@ -16,20 +16,20 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_card": "ilt_audit.card",
-    "load_manifest": "ilt_audit.manifest",
-    "load_dataset": "ilt_audit.data",
-    "TrainConfig": "ilt_audit.training",
-    "train": "ilt_audit.training",
-    "rank": "ilt_audit.ranking",
-    "scores": "ilt_audit.ranking",
-    "corrupt": "ilt_audit.corruption",
-    "evaluate": "ilt_audit.evaluation",
-    "read_trajectories": "ilt_audit.trajectories",
-    "read_epochs": "ilt_audit.trajectories",
-    "read_matrix": "ilt_audit.trajectories",
-    "DecisionStore": "ilt_audit.decisions",
-    "label_studio_tasks": "ilt_audit.export",
+    "load_card": "ilt_audit.dataset.card",
+    "load_manifest": "ilt_audit.dataset.manifest",
+    "load_dataset": "ilt_audit.dataset.loader",
+    "TrainConfig": "ilt_audit.training.loop",
+    "train": "ilt_audit.training.loop",
+    "rank": "ilt_audit.audit.ranking",
+    "scores": "ilt_audit.audit.ranking",
+    "corrupt": "ilt_audit.corruption.planting",
+    "evaluate": "ilt_audit.audit.evaluation",
+    "read_trajectories": "ilt_audit.run.trajectories",
+    "read_epochs": "ilt_audit.run.trajectories",
+    "read_matrix": "ilt_audit.run.trajectories",
+    "DecisionStore": "ilt_audit.review.decisions",
+    "label_studio_tasks": "ilt_audit.review.export",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ilt_audit.model import ModelConfig
-from ilt_audit.training import TrainConfig
+from ilt_audit.training.loop import TrainConfig
+from ilt_audit.training.model import ModelConfig
 
 # The models are tiny: one thread avoids oversubscribing the CPUs when other work shares them.
 torch.set_num_threads(1)
@@ -278,7 +278,7 @@ class PlantedRun:
 @pytest.fixture(scope="session")
 def planted_run(tmp_path_factory: pytest.TempPathFactory) -> PlantedRun:
     """A finished ILT run on 60 rows with planted label errors (shared, read-only)."""
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     root = tmp_path_factory.mktemp("planted")
     card = write_features_dataset(root / "data", n=60, flip=FLIPPED, shift=SHIFTED)

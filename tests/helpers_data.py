@@ -146,7 +146,7 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 def whole_batch(data, rows=None, workers: int = 0) -> dict:
     """Every row of a loaded data set (or ``rows``) as one batch, as the training loader gives it."""
-    from ilt_audit.data import make_loader
+    from ilt_audit.dataset.loader import make_loader
 
     rows = np.arange(len(data)) if rows is None else np.asarray(rows)
     loader = make_loader(data.instances(rows), batch_size=len(rows), workers=workers)

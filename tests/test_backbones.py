@@ -15,10 +15,12 @@ import pytest
 import torch
 import torchvision
 
-from ilt_audit.card import load_card
-from ilt_audit.data import load_dataset
+from ilt_audit.dataset.card import load_card
+from ilt_audit.dataset.loader import load_dataset
 from ilt_audit.errors import OptionError
-from ilt_audit.model import (
+from ilt_audit.run.directory import read_config, read_metrics
+from ilt_audit.training.loop import config_from_dict, predict, saved_normalisation, train
+from ilt_audit.training.model import (
     BACKBONES,
     MODELS,
     ModelConfig,
@@ -27,8 +29,6 @@ from ilt_audit.model import (
     load_pretrained,
     pretrained_state,
 )
-from ilt_audit.rundir import read_config, read_metrics
-from ilt_audit.training import config_from_dict, predict, saved_normalisation, train
 
 HEADS = {"colour": 3, "geometry": 2, "seg": 3, "depth": 1}  # the image card's tasks
 QUICK = ("--epochs", 1, "--batch-size", 4, "--device", "cpu", "--workers", 0)

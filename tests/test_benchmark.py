@@ -13,10 +13,10 @@ import pytest
 from helpers_scripts import load_script
 from PIL import Image
 
-from ilt_audit.corruption import read_truth
-from ilt_audit.evaluation import evaluate
-from ilt_audit.manifest import load_manifest
-from ilt_audit.trajectories import read_trajectories
+from ilt_audit.audit.evaluation import evaluate
+from ilt_audit.corruption.planting import read_truth
+from ilt_audit.dataset.manifest import load_manifest
+from ilt_audit.run.trajectories import read_trajectories
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers_scripts import ROOT, load_script
 
-from ilt_audit.ranking import rank
-from ilt_audit.trajectories import epoch_files
+from ilt_audit.audit.ranking import rank
+from ilt_audit.run.trajectories import epoch_files
 
 
 @pytest.fixture(scope="module")

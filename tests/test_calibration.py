@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ilt_audit.calibration import SUSPICIONS, audit, error_rate, outlier_mixture
-from ilt_audit.model import ModelConfig
-from ilt_audit.ranking import rank
-from ilt_audit.training import train
+from ilt_audit.audit.calibration import SUSPICIONS, audit, error_rate, outlier_mixture
+from ilt_audit.audit.ranking import rank
+from ilt_audit.training.loop import train
+from ilt_audit.training.model import ModelConfig
 
 # --- the mixture on its own ---------------------------------------------------------------------
 
@@ -55,7 +55,7 @@ def test_an_upper_signal_never_suspects_values_below_its_bulk_but_a_two_sided_on
 
 
 def test_every_task_type_reads_its_signals_from_recorded_columns():
-    from ilt_audit.evidence import SIGNALS
+    from ilt_audit.run.evidence import SIGNALS
 
     for kind, suspicions in SUSPICIONS.items():
         recorded = {s.column for s in SIGNALS[kind]} | {"log_sigma2", "loss"}
@@ -208,7 +208,7 @@ def test_omissions_shifts_offsets_unit_errors_and_confusions_rank_on_top(tmp_pat
 def test_signals_read_from_files_in_another_row_order_are_lined_up_by_key():
     import pyarrow as pa
 
-    from ilt_audit.calibration import _lined_up
+    from ilt_audit.audit.calibration import _lined_up
 
     keys = pa.table({"id": ["a", "b", "c"], "task": ["t", "t", "u"]})
     found = pa.table({"id": ["c", "a", "b"], "task": ["u", "t", "u"]})  # (b, t) missing

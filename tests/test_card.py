@@ -16,10 +16,10 @@ import torch
 from helpers_data import whole_batch
 from PIL import Image
 
-from ilt_audit.card import load_card
-from ilt_audit.data import load_dataset
+from ilt_audit.dataset.card import load_card
+from ilt_audit.dataset.loader import load_dataset
+from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError
-from ilt_audit.manifest import load_manifest
 
 # --- parsing valid cards --------------------------------------------------------------------------
 
@@ -412,7 +412,7 @@ def test_error_messages_keep_square_brackets(features_card, tmp_path, cli):
 def test_invalid_card_leaves_an_existing_run_untouched(
     features_card, tmp_path, tiny, cli, files_of
 ):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     run = tmp_path / "run"
     train(features_card, run, config=tiny(epochs=1))
@@ -429,7 +429,7 @@ def test_invalid_card_leaves_an_existing_run_untouched(
 def test_unreadable_image_on_resume_leaves_the_run_untouched(
     image_card, tmp_path, tiny, cli, files_of
 ):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     run = tmp_path / "run"
     train(image_card, run, config=tiny(epochs=1, batch_size=4))

@@ -17,10 +17,10 @@ import torch
 import typer
 
 import ilt_audit
-import ilt_audit.training as training
+import ilt_audit.training.loop as training
 from ilt_audit.cli import app
-from ilt_audit.rundir import read_config, read_metrics
-from ilt_audit.training import train
+from ilt_audit.run.directory import read_config, read_metrics
+from ilt_audit.training.loop import train
 
 COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
@@ -243,7 +243,7 @@ def test_resume_without_epochs_finishes_the_planned_run(features_card, tmp_path,
 
 
 def test_ids_with_rich_markup_are_shown_as_text_not_parsed(make_features_card, tmp_path, tiny, cli):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     card = make_features_card(tmp_path / "data")
     table = card.parent / "manifest.csv"
@@ -285,7 +285,7 @@ def test_csv_output_neutralises_formula_cells_and_keeps_numbers():
 
 
 def test_gate_summary_shows_untrusted_ids_as_text():
-    from ilt_audit.gate import _md
+    from ilt_audit.audit.gate import _md
 
     assert _md("<script>alert(1)</script>") == "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
     assert _md("a|b\nc") == "a\\|b c"

@@ -29,14 +29,14 @@ from conftest import (
 from helpers_data import make_image_card
 from PIL import Image
 
-from ilt_audit.corruption import corrupt, per_task_option, read_truth
-from ilt_audit.corruption_modes import MODES, UNIT_ERRORS
-from ilt_audit.data import read_depth, read_mask
+from ilt_audit.audit.ranking import rank
+from ilt_audit.corruption.modes import MODES, UNIT_ERRORS
+from ilt_audit.corruption.planting import corrupt, per_task_option, read_truth
+from ilt_audit.dataset.loader import read_depth, read_mask
+from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import OptionError
-from ilt_audit.manifest import load_manifest
-from ilt_audit.model import ModelConfig
-from ilt_audit.ranking import rank
-from ilt_audit.training import train
+from ilt_audit.training.loop import train
+from ilt_audit.training.model import ModelConfig
 
 Labels = dict[str, Any]  # id -> the label: a class name, a (D,) vector, a (H, W) map
 

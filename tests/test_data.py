@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers_data import whole_batch
 
-import ilt_audit.data as data_module
-from ilt_audit.data import EpochBatches, load_dataset, read_image
+import ilt_audit.dataset.loader as data_module
+from ilt_audit.dataset.loader import EpochBatches, load_dataset, read_image
 from ilt_audit.errors import CardError, OptionError
-from ilt_audit.trajectories import epoch_files
+from ilt_audit.run.trajectories import epoch_files
 
 
 def _corrupt_image(card, row_id):
@@ -71,7 +71,7 @@ def test_a_missing_file_is_named_by_the_pass(image_card):
 
 
 def test_same_seed_same_trajectories_with_0_and_2_workers(image_card, tmp_path, tiny):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     for workers in (0, 2):
         train(image_card, tmp_path / f"w{workers}", config=tiny(batch_size=4, workers=workers))
@@ -84,8 +84,8 @@ def test_same_seed_same_trajectories_with_0_and_2_workers(image_card, tmp_path, 
 def test_a_file_that_goes_bad_mid_run_stops_training_and_keeps_finished_epochs(
     image_card, tmp_path, tiny
 ):
-    from ilt_audit.rundir import read_metrics
-    from ilt_audit.training import load_checkpoint, train
+    from ilt_audit.run.directory import read_metrics
+    from ilt_audit.training.loop import load_checkpoint, train
 
     run = tmp_path / "run"
     mask = image_card.parent / "masks" / "i007.png"
@@ -152,7 +152,7 @@ def test_bad_precision_and_workers_are_refused(tiny):
 
 
 def test_bf16_autocast_trains_on_the_cpu(features_card, tmp_path, tiny):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     train(features_card, tmp_path / "run", config=tiny(precision="bf16"))
     table = pd.read_parquet(tmp_path / "run" / "trajectories")

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from helpers_data import make_image_card
 
-from ilt_audit.decisions import (
+from ilt_audit.dataset.manifest import Manifest, load_manifest
+from ilt_audit.review.decisions import (
     DECISIONS_FILE,
     PREDICTION,
     Decision,
@@ -20,7 +21,6 @@ from ilt_audit.decisions import (
     DecisionStore,
     check_decision,
 )
-from ilt_audit.manifest import Manifest, load_manifest
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import FLIPPED, SHIFTED, tiny_config, write_features_dataset
 
-from ilt_audit.data import EpochBatches
+from ilt_audit.audit.ranking import rank
+from ilt_audit.dataset.loader import EpochBatches
 from ilt_audit.errors import OptionError
-from ilt_audit.ranking import rank
-from ilt_audit.rundir import read_config, read_metrics
-from ilt_audit.training import train
+from ilt_audit.run.directory import read_config, read_metrics
+from ilt_audit.training.loop import train
 
 N, EPOCHS = 60, 20
 TRAIN_OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "1e-2", "--device", "cpu"]

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import ilt_audit.evaluation as evaluation
-from ilt_audit.corruption import TRUTH_SCHEMA
+import ilt_audit.audit.evaluation as evaluation
+from ilt_audit.audit.evaluation import COLUMNS, detection_metrics, evaluate
+from ilt_audit.corruption.planting import TRUTH_SCHEMA
 from ilt_audit.errors import TruthError
-from ilt_audit.evaluation import COLUMNS, detection_metrics, evaluate
 
 
 def test_hand_computed_case() -> None:

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ilt_audit.card import TaskSpec
-from ilt_audit.evidence import COLUMNS, SIGNALS, Scale, compute, slots
-from ilt_audit.training import train
+from ilt_audit.dataset.card import TaskSpec
+from ilt_audit.run.evidence import COLUMNS, SIGNALS, Scale, compute, slots
+from ilt_audit.training.loop import train
 
 CLS = TaskSpec("c", "classification", ("c",))
 SEG = TaskSpec("s", "segmentation", ("s",), classes=3, ignore_index=255)

@@ -12,13 +12,13 @@ import pytest
 # every command, with arguments that get it past option parsing into the library call patched
 COMMANDS = {
     "train": (
-        "ilt_audit.training",
+        "ilt_audit.training.loop",
         "train",
         lambda run, card, tmp: ["train", card, "--out", tmp / "r"],
     ),
-    "rank": ("ilt_audit.ranking", "rank", lambda run, card, tmp: ["rank", run]),
+    "rank": ("ilt_audit.audit.ranking", "rank", lambda run, card, tmp: ["rank", run]),
     "corrupt": (
-        "ilt_audit.corruption",
+        "ilt_audit.corruption.planting",
         "corrupt",
         lambda run, card, tmp: [
             "corrupt",
@@ -32,16 +32,16 @@ COMMANDS = {
         ],
     ),
     "evaluate": (
-        "ilt_audit.evaluation",
+        "ilt_audit.audit.evaluation",
         "evaluate",
         lambda run, card, tmp: ["evaluate", run, "--truth", tmp / "truth.parquet"],
     ),
     "report": (
-        "ilt_audit.report",
+        "ilt_audit.review.report",
         "render_report",
         lambda run, card, tmp: ["report", run, "--out", tmp / "r.html"],
     ),
-    "gate": ("ilt_audit.gate", "gate", lambda run, card, tmp: ["gate", run]),
+    "gate": ("ilt_audit.audit.gate", "gate", lambda run, card, tmp: ["gate", run]),
 }
 
 
@@ -76,7 +76,7 @@ def test_an_unexpected_error_in_any_command_exits_3_with_its_traceback(
 def test_interrupts_closed_pipes_and_memory_have_their_codes(
     exc, code, message, cli, planted_run, monkeypatch
 ):
-    monkeypatch.setattr("ilt_audit.ranking.rank", _raise(exc))
+    monkeypatch.setattr("ilt_audit.audit.ranking.rank", _raise(exc))
     result = cli("rank", planted_run.run)
     assert result.exit_code == code
     assert message in result.err
@@ -86,7 +86,7 @@ def test_interrupts_closed_pipes_and_memory_have_their_codes(
 def test_a_bug_exits_3_from_a_real_process(planted_run):
     # the console script's own path: main(), not the test runner
     code = (
-        "import ilt_audit.ranking as r\n"
+        "import ilt_audit.audit.ranking as r\n"
         "def broken(*a, **k):\n"
         "    raise ZeroDivisionError('a bug')\n"
         "r.rank = broken\n"

@@ -14,11 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CLASSES, tiny_config, write_image_dataset
 
-from ilt_audit.calibration import SUSPICIONS, audit
-from ilt_audit.card import TaskSpec
-from ilt_audit.explanation import TYPE_COLUMNS, explain, records
-from ilt_audit.training import train
-from ilt_audit.views import (
+from ilt_audit.audit.calibration import SUSPICIONS, audit
+from ilt_audit.audit.explanation import TYPE_COLUMNS, explain, records
+from ilt_audit.dataset.card import TaskSpec
+from ilt_audit.review.instances import (
     EXTRA_COLOUR,
     MISSING_COLOUR,
     Numbers,
@@ -27,6 +26,7 @@ from ilt_audit.views import (
     outline_rgb,
     why_text,
 )
+from ilt_audit.training.loop import train
 
 CLEAN = ("r000", "r001", "r002")  # not planted (conftest's FLIPPED and SHIFTED name the others)
 

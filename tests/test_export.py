@@ -15,15 +15,15 @@ import pytest
 from conftest import tiny_config, write_features_dataset, write_image_dataset
 from PIL import Image
 
+from ilt_audit.audit.ranking import rank
 from ilt_audit.errors import OptionError
-from ilt_audit.export import (
+from ilt_audit.review.export import (
     LOCAL_FILES,
     MODEL_VERSION,
     brush_rle,
     label_studio_config,
     label_studio_tasks,
 )
-from ilt_audit.ranking import rank
 
 CONTROL_TAGS = {"choices": "Choices", "number": "Number", "brushlabels": "BrushLabels"}
 
@@ -31,7 +31,7 @@ CONTROL_TAGS = {"choices": "Choices", "number": "Number", "brushlabels": "BrushL
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A finished tiny run on the image card (all four task types): (run, card)."""
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     root = tmp_path_factory.mktemp("export-images")
     card = write_image_dataset(root / "data")
@@ -232,7 +232,7 @@ ODD_LABELS = {"a": 'a<"&>', "b": "b\nb", "c": "c\x01"}  # \x01: a character XML 
 
 
 def test_odd_ids_and_labels_survive_json_and_xml(tmp_path, cli):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     card = write_features_dataset(tmp_path / "data")
     card.write_text(card.read_text().replace('classes = ["a", "b", "c"]\n', ""))
@@ -277,7 +277,7 @@ def _escape_the_folder(card: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["path", "link"])
 def test_a_file_outside_the_cards_folder_is_refused(tmp_path, how, cli):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     card = write_image_dataset(tmp_path / "data")
     run = tmp_path / "run"

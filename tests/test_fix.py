@@ -20,12 +20,18 @@ from conftest import snapshot, tiny_config, write_image_dataset
 from helpers_data import make_features_card
 from PIL import Image
 
-from ilt_audit.data import Normalisation, load_dataset, read_depth, read_mask
-from ilt_audit.decisions import DECISIONS_FILE, PREDICTION, Decision, DecisionStore, check_decision
-from ilt_audit.fix import fix
-from ilt_audit.manifest import load_manifest
-from ilt_audit.rundir import read_config
-from ilt_audit.training import predict, train
+from ilt_audit.dataset.loader import Normalisation, load_dataset, read_depth, read_mask
+from ilt_audit.dataset.manifest import load_manifest
+from ilt_audit.review.decisions import (
+    DECISIONS_FILE,
+    PREDICTION,
+    Decision,
+    DecisionStore,
+    check_decision,
+)
+from ilt_audit.review.fix import fix
+from ilt_audit.run.directory import read_config
+from ilt_audit.training.loop import predict, train
 
 
 @dataclass(frozen=True)
@@ -219,7 +225,7 @@ def test_a_prediction_takes_the_size_of_its_own_image(tmp_path):
 
 
 def test_fix_never_imports_torch_when_no_prediction_is_needed():
-    code = "import sys, ilt_audit.fix, ilt_audit.cli; print('torch' in sys.modules)"
+    code = "import sys, ilt_audit.review.fix, ilt_audit.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ilt_audit import gate as gate_module
+from ilt_audit.audit import gate as gate_module
+from ilt_audit.audit.gate import MAX_GAP, MIN_GAP, SIGMAS, cutoff, find_suspects, gate, parse_share
+from ilt_audit.audit.ranking import rank
 from ilt_audit.errors import OptionError
-from ilt_audit.gate import MAX_GAP, MIN_GAP, SIGMAS, cutoff, find_suspects, gate, parse_share
-from ilt_audit.ranking import rank
-from ilt_audit.training import train
-from ilt_audit.trajectories import read_trajectories, write_epoch
+from ilt_audit.run.trajectories import read_trajectories, write_epoch
+from ilt_audit.training.loop import train
 
 PLANTED = ("r001", "r002")  # the two instances whose `label` log σ² is set far above the rest
 

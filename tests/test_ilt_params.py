@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ilt_audit.ilt_params import CLAMP, ON_CPU_ABOVE, InstanceParams, storage_device
+from ilt_audit.training.ilt_params import CLAMP, ON_CPU_ABOVE, InstanceParams, storage_device
 
 
 def test_table_has_one_zero_per_instance_per_task():

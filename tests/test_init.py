@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import ilt_audit.layout as layout
-from ilt_audit.manifest import load_manifest
-from ilt_audit.training import train
+import ilt_audit.dataset.layouts as layout
+from ilt_audit.dataset.manifest import load_manifest
+from ilt_audit.training.loop import train
 
 SIZE = 16
 

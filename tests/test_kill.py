@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from ilt_audit.corruption import corrupt
-from ilt_audit.rundir import read_metrics
+from ilt_audit.corruption.planting import corrupt
+from ilt_audit.run.directory import read_metrics
 
 KILLS = 4  # kill moments, seeded; each costs a `train` start-up (about 3 s on 2 cores)
 EPOCHS = 6

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from ilt_audit.audit.gate import resolve_score
 from ilt_audit.errors import OptionError
-from ilt_audit.gate import resolve_score
-from ilt_audit.training import load_checkpoint, train
-from ilt_audit.weighting import MAOWeighting
+from ilt_audit.training.loop import load_checkpoint, train
+from ilt_audit.training.weighting import MAOWeighting
 
 SCALE = torch.tensor([1.0, 0.5])  # (K,) one classification-like, one regression task
 
@@ -151,7 +151,7 @@ def test_mao_under_torchrun_averages_each_tasks_gradient_over_the_ranks(tmp_path
     from conftest import FLIPPED, SHIFTED, write_features_dataset
     from test_distributed import TRAIN_OPTIONS, torchrun
 
-    from ilt_audit.ranking import rank
+    from ilt_audit.audit.ranking import rank
 
     card = write_features_dataset(tmp_path / "data", n=60, flip=FLIPPED, shift=SHIFTED)
     run = tmp_path / "run"

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ilt_audit.audit.ranking import rank, scores
 from ilt_audit.errors import OptionError
-from ilt_audit.evidence import COLUMNS, margin
-from ilt_audit.ranking import rank, scores
-from ilt_audit.trajectories import read_epochs, read_matrix, write_epoch
+from ilt_audit.run.evidence import COLUMNS, margin
+from ilt_audit.run.trajectories import read_epochs, read_matrix, write_epoch
 
 
 def test_margin_is_the_assigned_logit_minus_the_largest_other():
@@ -118,7 +118,7 @@ def test_files_without_the_margin_column_still_read_with_nan_margins(tmp_path):
 def test_evaluate_by_aum_judges_the_classification_tasks_of_a_truth_file(planted_run, tmp_path):
     import pandas as pd
 
-    from ilt_audit.evaluation import evaluate
+    from ilt_audit.audit.evaluation import evaluate
 
     ids = [f"r{i:03d}" for i in range(60)]
     truth = pd.DataFrame(

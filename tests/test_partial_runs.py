@@ -1,6 +1,6 @@
 """Readers refuse a run that did not finish its planned epochs, unless told to read it as it is.
 
-The one door (:func:`ilt_audit.rundir.open_run`): `rank`, `evaluate`, `report` and `gate` exit 2 on
+The one door (:func:`ilt_audit.run.directory.open_run`): `rank`, `evaluate`, `report` and `gate` exit 2 on
 an unfinished run, naming the epochs finished of those planned and the command that resumes it;
 ``--allow-partial`` reads it and says so in every output (terminal, JSON, JUnit, Markdown, HTML).
 """
@@ -13,12 +13,12 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from ilt_audit.corruption import corrupt
+from ilt_audit.audit.ranking import scores
+from ilt_audit.corruption.planting import corrupt
 from ilt_audit.errors import RunDirError
-from ilt_audit.ranking import scores
-from ilt_audit.rundir import open_run, read_metrics
-from ilt_audit.training import train
-from ilt_audit.trajectories import epoch_file, read_trajectories, write_epoch
+from ilt_audit.run.directory import open_run, read_metrics
+from ilt_audit.run.trajectories import epoch_file, read_trajectories, write_epoch
+from ilt_audit.training.loop import train
 
 PLANNED = 4
 FINISHED = 2
@@ -183,7 +183,7 @@ def test_an_epoch_recorded_without_its_trajectory_file_is_refused(stopped):
 
 
 def test_review_of_an_unfinished_run_reads_the_finished_epochs_only(stopped):
-    from ilt_audit.review import Filters, open_review
+    from ilt_audit.review.app import Filters, open_review
 
     run, _ = stopped
     epoch2 = read_trajectories(run, epochs=[2])

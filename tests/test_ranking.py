@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ilt_audit import ranking
+from ilt_audit.audit import ranking
+from ilt_audit.audit.ranking import DEFAULT_BY, SCORES, parse_top, rank, scores
 from ilt_audit.errors import OptionError, RunDirError
-from ilt_audit.ranking import DEFAULT_BY, SCORES, parse_top, rank, scores
-from ilt_audit.rundir import write_config, write_metrics
-from ilt_audit.trajectories import epoch_file, epoch_files, write_epoch
+from ilt_audit.run.directory import write_config, write_metrics
+from ilt_audit.run.trajectories import epoch_file, epoch_files, write_epoch
 
 COLUMNS = ["rank", "id", "task", "score", "label"]
 

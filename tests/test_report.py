@@ -20,12 +20,12 @@ from browser import load_page
 from conftest import CLASSES, tiny_config, write_image_dataset
 from PIL import Image
 
-from ilt_audit import report
-from ilt_audit.corruption import TRUTH_SCHEMA, corrupt
-from ilt_audit.internal.html import templates
-from ilt_audit.report import render_report
-from ilt_audit.training import train
-from ilt_audit.views import EXTRA_COLOUR, MISSING_COLOUR
+from ilt_audit.corruption.planting import TRUTH_SCHEMA, corrupt
+from ilt_audit.review import report
+from ilt_audit.review.instances import EXTRA_COLOUR, MISSING_COLOUR
+from ilt_audit.review.pages import templates
+from ilt_audit.review.report import render_report
+from ilt_audit.training.loop import train
 
 IMAGE_TASKS = ("colour", "geometry", "seg", "depth")
 _DATA_PNG = re.compile(r"^data:image/png;base64,([A-Za-z0-9+/=]+)$")

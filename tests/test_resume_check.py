@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ilt_audit.data import file_stats
-from ilt_audit.inputs import INPUTS
-from ilt_audit.manifest import load_manifest
-from ilt_audit.rundir import read_metrics
-from ilt_audit.training import train
+from ilt_audit.dataset.loader import file_stats
+from ilt_audit.dataset.manifest import load_manifest
+from ilt_audit.dataset.record import INPUTS
+from ilt_audit.run.directory import read_metrics
+from ilt_audit.training.loop import train
 
 FILES = 12 * 3  # the image card's files: an image, a mask and a depth map per row
 
@@ -206,7 +206,7 @@ def test_file_stats_marks_a_missing_file(image_card):
 
 def test_train_stats_each_file_once(image_card, tmp_path, tiny, monkeypatch):
     # the run's record of its files and the validation cache's key share one stat per file
-    from ilt_audit import data
+    from ilt_audit.dataset import loader as data
 
     calls = []
     real = data._stat_each

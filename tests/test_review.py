@@ -29,8 +29,7 @@ from browser import require_chromium
 from conftest import CLASSES, tiny_config, write_image_dataset
 from PIL import Image
 
-from ilt_audit.decisions import DecisionStore
-from ilt_audit.review import (
+from ilt_audit.review.app import (
     PER_PAGE,
     PICTURE,
     Filters,
@@ -41,8 +40,9 @@ from ilt_audit.review import (
     serve,
     url_of,
 )
-from ilt_audit.training import train
-from ilt_audit.views import EXTRA_COLOUR, MISSING_COLOUR
+from ilt_audit.review.decisions import DecisionStore
+from ilt_audit.review.instances import EXTRA_COLOUR, MISSING_COLOUR
+from ilt_audit.training.loop import train
 
 
 @dataclass(frozen=True)
@@ -486,7 +486,7 @@ def test_a_port_in_use_or_an_unknown_task_exits_2(served: Served, cli: object) -
 def test_the_suspects_are_ranked_once_and_kept(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ilt_audit.review as review_module
+    import ilt_audit.review.app as review_module
 
     def fail(*args: object, **kwargs: object) -> object:
         raise AssertionError("ranked again")
@@ -502,7 +502,7 @@ def test_the_suspects_are_ranked_once_and_kept(
 def test_starting_the_app_imports_no_torch(served: Served) -> None:
     code = (
         "import sys\n"
-        "from ilt_audit.review import open_review, review_app\n"
+        "from ilt_audit.review.app import open_review, review_app\n"
         f"review_app(open_review({str(served.run)!r}))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
@@ -524,7 +524,7 @@ def test_an_import_without_reviewers_records_the_one_who_imports(
 def test_the_model_is_loaded_once_for_every_page(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ilt_audit.training as training
+    import ilt_audit.training.loop as training
 
     loads = []
     real = training.load_model

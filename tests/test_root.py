@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import IMAGE_CARD, snapshot, tiny_config, write_image_dataset
 
-from ilt_audit.card import load_card
-from ilt_audit.data import scan_key
-from ilt_audit.decisions import Decision, DecisionStore, check_decision
+from ilt_audit.dataset.card import load_card
+from ilt_audit.dataset.loader import scan_key
+from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError, OptionError
-from ilt_audit.export import LOCAL_FILES, label_studio_tasks
-from ilt_audit.manifest import load_manifest
+from ilt_audit.review.decisions import Decision, DecisionStore, check_decision
+from ilt_audit.review.export import LOCAL_FILES, label_studio_tasks
 
 TRAIN = ("--epochs", "1", "--device", "cpu", "--workers", "0")
 
@@ -175,7 +175,7 @@ def test_corrupt_writes_a_card_that_finds_the_original_files(tmp_path, cli):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A one-epoch run on a card with ``root`` (shared: copy what you change)."""
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     base = tmp_path_factory.mktemp("root-run")
     card = card_with_root(base)
@@ -200,7 +200,7 @@ def test_fix_writes_a_card_that_finds_the_original_files(trained, tmp_path, cli)
 
 
 def test_label_studio_serves_the_data_folder(tmp_path):
-    from ilt_audit.training import train
+    from ilt_audit.training.loop import train
 
     card = card_with_root(tmp_path, opt_in=True)
     train(card, tmp_path / "run", config=tiny_config(epochs=1, workers=0))

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import ilt_audit.corruption as corruption
+import ilt_audit.corruption.planting as corruption
 import ilt_audit.internal.lock as lock
 from ilt_audit.errors import RunDirError
 from ilt_audit.internal.lock import LOCK_FILE, run_lock
-from ilt_audit.rundir import read_metrics
-from ilt_audit.training import train
+from ilt_audit.run.directory import read_metrics
+from ilt_audit.training.loop import train
 
 HOLDER = """
     import os, sys, time

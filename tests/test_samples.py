@@ -11,9 +11,9 @@ from helpers_data import whole_batch
 from helpers_scripts import load_script
 from PIL import Image
 
-from ilt_audit.corruption import corrupt, read_truth
-from ilt_audit.data import load_dataset
-from ilt_audit.manifest import load_manifest
+from ilt_audit.corruption.planting import corrupt, read_truth
+from ilt_audit.dataset.loader import load_dataset
+from ilt_audit.dataset.manifest import load_manifest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 

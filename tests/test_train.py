@@ -17,11 +17,11 @@ import torch
 from helpers_data import whole_batch
 
 import ilt_audit
-import ilt_audit.training as training
+import ilt_audit.training.loop as training
 from ilt_audit.errors import OptionError, RunDirError, TrainingDiverged
-from ilt_audit.evidence import COLUMNS as EVIDENCE_COLUMNS
-from ilt_audit.rundir import read_config, read_metrics
-from ilt_audit.training import TrainConfig, train
+from ilt_audit.run.directory import read_config, read_metrics
+from ilt_audit.run.evidence import COLUMNS as EVIDENCE_COLUMNS
+from ilt_audit.training.loop import TrainConfig, train
 
 N, K = 40, 2  # rows and tasks of the features fixture
 
@@ -404,8 +404,8 @@ def test_non_finite_loss_stops_training_and_keeps_earlier_epochs(
 
 
 def test_predict_rebuilds_the_trained_network(planted_run):
-    from ilt_audit.data import load_dataset
-    from ilt_audit.training import predict, saved_normalisation
+    from ilt_audit.dataset.loader import load_dataset
+    from ilt_audit.training.loop import predict, saved_normalisation
 
     data = load_dataset(planted_run.card, norm=saved_normalisation(planted_run.run))
     rows = torch.arange(len(data))
@@ -420,8 +420,8 @@ def test_predict_rebuilds_the_trained_network(planted_run):
 
 
 def test_predict_refuses_a_checkpoint_of_another_dataset(planted_run, image_card):
-    from ilt_audit.data import load_dataset
-    from ilt_audit.training import predict
+    from ilt_audit.dataset.loader import load_dataset
+    from ilt_audit.training.loop import predict
 
     with pytest.raises(RunDirError, match="does not fit this dataset"):
         predict(planted_run.run, load_dataset(image_card), torch.arange(2))

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ilt_audit.errors import OutputError, RunDirError
-from ilt_audit.trajectories import (
+from ilt_audit.run.trajectories import (
     SCHEMA,
     epoch_file,
     epoch_files,

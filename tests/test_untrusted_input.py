@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_data import make_features_card, make_image_card
 
-from ilt_audit.card import load_card
-from ilt_audit.corruption import TRUTH_SCHEMA
-from ilt_audit.data import MAX_PIXELS, read_depth, read_image, scan_key
+from ilt_audit.corruption.planting import TRUTH_SCHEMA
+from ilt_audit.dataset.card import load_card
+from ilt_audit.dataset.loader import MAX_PIXELS, read_depth, read_image, scan_key
+from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError
-from ilt_audit.manifest import load_manifest
 
 OUTSIDE = "leads outside the card's folder"
 OPT_IN = "set allow_outside_paths = true in the card"

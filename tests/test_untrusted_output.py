@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ilt_audit.training import train
-from ilt_audit.trajectories import write_epoch
+from ilt_audit.run.trajectories import write_epoch
+from ilt_audit.training.loop import train
 
 
 def hostile(i: int) -> str:

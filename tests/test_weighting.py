@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ilt_audit.card import TaskSpec
+from ilt_audit.dataset.card import TaskSpec
 from ilt_audit.errors import OptionError
-from ilt_audit.ilt_params import CLAMP, InstanceParams
-from ilt_audit.losses import INSTANCE_LOSS, LIKELIHOOD, instance_losses, likelihood_scale
-from ilt_audit.weighting import (
+from ilt_audit.training.ilt_params import CLAMP, InstanceParams
+from ilt_audit.training.losses import INSTANCE_LOSS, LIKELIHOOD, instance_losses, likelihood_scale
+from ilt_audit.training.weighting import (
     WEIGHTINGS,
     DWAWeighting,
     EqualWeighting,

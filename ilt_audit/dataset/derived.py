@@ -1,0 +1,208 @@
+"""Write a dataset derived from another one: a corrupted copy (``corrupt``) or a corrected one
+(``fix``).
+
+A derived dataset is a folder holding a new card (the original's content, with a header comment
+saying where it came from), a manifest in the original's format whose paths still point at the
+original input files (nothing is copied or modified), new label files where labels were
+replaced, and whatever record the command keeps (``corruption.parquet``, ``changes.parquet``).
+The new card's folder is its data folder: its paths are relative to it, the original's ``root``
+is not carried over.
+Everything is written into a temporary sibling folder that is renamed onto ``out`` at the end,
+so a crash leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
+from ilt_audit.dataset.manifest import Manifest, read_table
+from ilt_audit.errors import OptionError
+from ilt_audit.internal.toml import toml_dumps, toml_string
+
+
+@dataclass
+class Output:
+    """The dataset being written: the new table and where its files go."""
+
+    manifest: Manifest
+    frame: pd.DataFrame  # the new manifest table, edited in place; row labels are row numbers
+    root: Path  # the final output folder: paths in the table are relative to it
+    staging: Path  # where files are written until the folder is renamed to ``root``
+    ids: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = self.manifest.ids
+
+    def write_file(
+        self, task: TaskSpec, row: int, suffix: str, write: Callable[[Path], None]
+    ) -> None:
+        """Write a new label file for a row and point the row's label column at it."""
+        name = f"{task.name}/{file_stem(self.ids[row])}{suffix}"
+        path = self.staging / name
+        path.parent.mkdir(exist_ok=True)
+        write(path)
+        self.frame.loc[row, task.column] = name
+
+
+def file_stem(instance_id: str) -> str:
+    """A file name for an instance: its id when that is a safe name, else a sanitised id + hash."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", instance_id):
+        return instance_id
+    digest = hashlib.sha1(instance_id.encode("utf-8")).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', instance_id)[:60].strip('._')}-{digest}"
+
+
+def label_value(name: str, dtype: Any, as_found: dict[str, Any]) -> Any:
+    """A class name in the representation of the label column (ints stay ints, text stays text)."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return name == "True"
+    if pd.api.types.is_integer_dtype(dtype):
+        return int(name)
+    if pd.api.types.is_float_dtype(dtype):
+        return float(name)
+    return as_found.get(name, name)
+
+
+def write_classes(output: Output, task: TaskSpec, rows: Sequence[int], new: Sequence[str]) -> None:
+    """Give some rows of a classification task new classes (by name), each written as the
+    label column writes that class: ints stay ints, text stays text, ``"3.0"`` stays ``"3.0"``."""
+    names = output.manifest.class_names[task.name]
+    column = output.frame[task.column]
+    index = output.manifest.class_index(task)  # (N,)
+    present, first_from_end = np.unique(index[::-1], return_index=True)
+    last = len(index) - 1 - first_from_end  # (C',) each present class's last row
+    as_found = {names[c]: column.iloc[r] for c, r in zip(present, last, strict=True)}
+    values = column.tolist()
+    for row, name in zip(rows, new, strict=True):
+        values[row] = label_value(name, column.dtype, as_found)
+    output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
+
+
+def save_png(array: np.ndarray, dtype: Any, path: Path) -> None:
+    """A mask as a PNG of class indices (uint8, or uint16 for a 16-bit PNG)."""
+    Image.fromarray(np.ascontiguousarray(array.astype(dtype))).save(path, format="PNG")
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """A depth map as ``.npy``, without pickles."""
+    with path.open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+def check_out(out: Path) -> None:
+    """``out`` must be new or an empty folder: a derived dataset never overwrites anything."""
+    if out.is_dir():
+        if any(out.iterdir()):
+            raise OptionError(f"{out} exists and is not empty")
+    elif out.exists():
+        raise OptionError(f"{out} exists and is not a directory")
+
+
+def write_derived(
+    manifest: Manifest,
+    out: Path,
+    *,
+    command: str,
+    note: str,
+    edit: Callable[[Output], None],
+    record: Callable[[Path], None],
+) -> None:
+    """Write the dataset ``edit`` makes of ``manifest`` into ``out``, atomically.
+
+    ``edit`` changes the new table (``output.frame``) and writes new label files through
+    ``output.write_file``; ``record(staging)`` writes the command's own record beside the card.
+    """
+    card = manifest.card
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        table = read_table(card.table_path, card.id).reset_index(drop=True)  # original dtypes
+        output = Output(manifest, table, out, staging)
+        _rewrite_paths(output)
+        edit(output)
+        raw, header = _new_card(card, command, note)
+        _write_table(output.frame, staging / raw["table"])
+        (staging / card.path.name).write_text(header + toml_dumps(raw), encoding="utf-8")
+        record(staging)
+        try:  # one rename: two runs on one --out never mix, the second to finish is refused
+            os.replace(staging, out)
+        except OSError:
+            if not out.exists():
+                raise
+            raise OptionError(
+                f"{out} exists and is not empty: another process wrote it while this one ran"
+            ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_card(card: Card, command: str, note: str) -> tuple[dict[str, Any], str]:
+    """The new card's content and its header comment: the original's, with the table next to it,
+    no ``root`` (paths are relative to the new card's folder, where the new label files are)
+    and, for an image card, ``allow_outside_paths`` and the reason."""
+    raw = dict(card.raw)
+    raw.pop("root", None)
+    # a path is quoted: a newline in it must not end the comment (task names are [a-z0-9_-])
+    header = f"# Written by ilt-audit {command} from {toml_string(str(card.path))}\n# {note}\n"
+    raw["table"] = Path(card.table).name if re.search(ESCAPING_PATH, card.table) else card.table
+    if card.input.type == "image":
+        # Honest rather than tidy: the new manifest names the original dataset's input files,
+        # never copied (it may be large), and they lie outside this folder. Links to them would
+        # be refused as any path that leaves the folder is, so the card opts in and says why.
+        # The original's own paths passed its card's rule when its manifest was read.
+        raw["allow_outside_paths"] = True
+        header += (
+            "# allow_outside_paths: the inputs are the original dataset's files in "
+            f"{toml_string(str(card.root))}\n"
+        )
+    return raw, header
+
+
+def _rewrite_paths(output: Output) -> None:
+    """Point every file column at the original files (in the original's data folder), relative
+    to the new card's folder."""
+    card = output.manifest.card
+    columns = [t.column for t in card.tasks if t.dense]
+    if card.input.type == "image":
+        columns.insert(0, card.input.columns[0])
+    for column in dict.fromkeys(columns):
+        output.frame[column] = [
+            value
+            if os.path.isabs(value)
+            else Path(os.path.relpath(card.root / value, output.root)).as_posix()
+            for value in output.frame[column]
+        ]
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write a manifest in the format its name says, so that ``read_table`` reads it back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = TABLE_READERS[path.suffix.lower()]
+    if kind == "csv":
+        frame.to_csv(path, index=False)
+    elif kind == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        # json.dumps writes floats with repr, so they read back exactly (to_json rounds them)
+        with path.open("w", encoding="utf-8") as handle:
+            for record in frame.to_dict(orient="records"):
+                clean = {
+                    str(k): (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in record.items()
+                }
+                handle.write(json.dumps(clean, ensure_ascii=False, default=str) + "\n")
