@@ -267,7 +267,7 @@ def test_ids_with_rich_markup_are_shown_as_text_not_parsed(make_features_card, t
 def test_csv_output_neutralises_formula_cells_and_keeps_numbers():
     import pandas as pd
 
-    from ilt_audit.cli import _csv_safe
+    from ilt_audit.cli.common import _csv_safe
 
     frame = pd.DataFrame(
         {

@@ -193,7 +193,7 @@ def test_cli_rank_table(planted_run, cli):
 def test_cli_rank_table_shows_the_top_of_each_task_and_says_what_it_left_out(
     planted_run, cli, monkeypatch
 ):
-    from ilt_audit import cli as cli_module
+    from ilt_audit.cli import common as cli_module
 
     monkeypatch.setattr(cli_module, "TABLE_ROWS", 4)
     result = cli("rank", planted_run.run)

@@ -375,6 +375,6 @@ def test_weightings_are_looked_up_by_name():
 
 
 def test_cli_offers_exactly_the_library_weightings():
-    from ilt_audit.cli import Weighting
+    from ilt_audit.cli.train import Weighting
 
     assert {w.value for w in Weighting} == set(WEIGHTINGS)
