@@ -77,8 +77,9 @@ from ilt_audit.audit.calibration import audit
 from ilt_audit.audit.evaluation import detection_metrics, evaluate
 from ilt_audit.audit.ranking import DEFAULT_BY, SCORES
 from ilt_audit.corruption.planting import MODES, corrupt, read_truth
+from ilt_audit.dataset import load_dataset
 from ilt_audit.dataset.card import Card, load_card
-from ilt_audit.dataset.loader import Dataset, load_dataset, make_loader, to_device
+from ilt_audit.dataset.loader import Dataset, make_loader, to_device
 from ilt_audit.dataset.manifest import load_manifest, read_table
 from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
 from ilt_audit.internal.toml import toml_dumps

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ilt_audit import __version__
-from ilt_audit.cli import TABLE_ROWS
+from ilt_audit.cli.common import TABLE_ROWS
 from ilt_audit.corruption.planting import TRUTH_FILE, TRUTH_SCHEMA
 from ilt_audit.dataset.card import Card, load_card
 from ilt_audit.run.directory import write_config, write_metrics

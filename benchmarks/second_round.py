@@ -37,7 +37,7 @@ import torch
 from ilt_audit.audit.evaluation import detection_metrics
 from ilt_audit.audit.ranking import scores
 from ilt_audit.corruption.planting import corrupt
-from ilt_audit.dataset.loader import load_dataset
+from ilt_audit.dataset import load_dataset
 from ilt_audit.training.loop import TrainConfig, predict, saved_normalisation, train
 
 

@@ -69,8 +69,10 @@ from rich.console import Console
 from torchvision.transforms import v2
 
 import ilt_audit
+from ilt_audit.dataset import load_dataset
 from ilt_audit.dataset.card import TaskSpec, load_card
-from ilt_audit.dataset.loader import EpochBatches, default_workers, load_dataset
+from ilt_audit.dataset.files import default_workers
+from ilt_audit.dataset.loader import EpochBatches
 from ilt_audit.errors import OptionError
 from ilt_audit.run.directory import read_metrics
 from ilt_audit.training.loop import (

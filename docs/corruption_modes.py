@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 from ilt_audit.corruption.modes import MODES  # noqa: E402
 from ilt_audit.corruption.planting import corrupt, read_truth  # noqa: E402
-from ilt_audit.dataset.loader import read_depth, read_mask  # noqa: E402
+from ilt_audit.dataset.files import read_depth, read_mask  # noqa: E402
 from ilt_audit.dataset.manifest import load_manifest  # noqa: E402
 
 SIZE = 48

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_card": "ilt_audit.dataset.card",
     "load_manifest": "ilt_audit.dataset.manifest",
-    "load_dataset": "ilt_audit.dataset.loader",
+    "load_dataset": "ilt_audit.dataset.opening",
     "TrainConfig": "ilt_audit.training.loop",
     "train": "ilt_audit.training.loop",
     "rank": "ilt_audit.audit.ranking",

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torchvision
 
+from ilt_audit.dataset import load_dataset
 from ilt_audit.dataset.card import load_card
-from ilt_audit.dataset.loader import load_dataset
 from ilt_audit.errors import OptionError
 from ilt_audit.run.directory import read_config, read_metrics
 from ilt_audit.training.loop import config_from_dict, predict, saved_normalisation, train

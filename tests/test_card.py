@@ -16,8 +16,8 @@ import torch
 from helpers_data import whole_batch
 from PIL import Image
 
+from ilt_audit.dataset import load_dataset
 from ilt_audit.dataset.card import load_card
-from ilt_audit.dataset.loader import load_dataset
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError
 

@@ -14,7 +14,7 @@ from helpers_data import file_hashes, make_features_card, make_image_card, whole
 
 import ilt_audit.corruption.planting as corruption
 from ilt_audit.corruption.planting import corrupt, read_truth
-from ilt_audit.dataset.loader import read_depth, read_mask
+from ilt_audit.dataset.files import read_depth, read_mask
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError, OptionError, TruthError
 from ilt_audit.internal.toml import toml_dumps
@@ -230,7 +230,7 @@ def test_segmentation_uses_one_derangement_of_the_classes(tmp_path: Path) -> Non
 
 
 def test_the_new_dataset_loads(tmp_path: Path) -> None:
-    from ilt_audit.dataset.loader import load_dataset
+    from ilt_audit.dataset import load_dataset
 
     card = make_image_card(tmp_path / "data")
     result = corrupt(card, tasks=["seg", "depth"], fraction=0.25, out=tmp_path / "noisy")

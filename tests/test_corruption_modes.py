@@ -32,7 +32,7 @@ from PIL import Image
 from ilt_audit.audit.ranking import rank
 from ilt_audit.corruption.modes import MODES, UNIT_ERRORS
 from ilt_audit.corruption.planting import corrupt, per_task_option, read_truth
-from ilt_audit.dataset.loader import read_depth, read_mask
+from ilt_audit.dataset.files import read_depth, read_mask
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import OptionError
 from ilt_audit.training.loop import train

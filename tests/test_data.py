@@ -10,8 +10,10 @@ import pytest
 import torch
 from helpers_data import whole_batch
 
-import ilt_audit.dataset.loader as data_module
-from ilt_audit.dataset.loader import EpochBatches, load_dataset, read_image
+import ilt_audit.dataset.files as data_module
+from ilt_audit.dataset import load_dataset
+from ilt_audit.dataset.files import read_image
+from ilt_audit.dataset.loader import EpochBatches
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.run.trajectories import epoch_files
 

@@ -20,7 +20,8 @@ from conftest import snapshot, tiny_config, write_image_dataset
 from helpers_data import make_features_card
 from PIL import Image
 
-from ilt_audit.dataset.loader import Normalisation, load_dataset, read_depth, read_mask
+from ilt_audit.dataset import load_dataset
+from ilt_audit.dataset.files import Normalisation, read_depth, read_mask
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.review.decisions import (
     DECISIONS_FILE,

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import ilt_audit.dataset.layouts as layout
+import ilt_audit.dataset.layouts.sampling as sampling
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.training.loop import train
 
@@ -236,11 +237,11 @@ def test_binary_masks_stored_as_0_and_255_are_refused(tmp_path, cli):
 
 
 def test_masks_are_read_from_a_bounded_sample_and_it_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(layout, "SAMPLE", 5)
+    monkeypatch.setattr(sampling, "SAMPLE", 5)
     data = paired_folders(tmp_path / "seg", n=12)
     opened: list[Path] = []
-    real_open = layout._open
-    monkeypatch.setattr(layout, "_open", lambda p: opened.append(p) or real_open(p))
+    real_open = sampling.open_image
+    monkeypatch.setattr(sampling, "open_image", lambda p: opened.append(p) or real_open(p))
     result = layout.init_card(data, out=data / "card.toml")
     assert len([p for p in opened if p.parent.name == "masks"]) == 5
     # the inferences init shows, read as data: a table cell wraps with the terminal's width

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ilt_audit.dataset.loader import file_stats
+from ilt_audit.dataset.files import file_stats
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.dataset.record import INPUTS
 from ilt_audit.run.directory import read_metrics
@@ -206,7 +206,7 @@ def test_file_stats_marks_a_missing_file(image_card):
 
 def test_train_stats_each_file_once(image_card, tmp_path, tiny, monkeypatch):
     # the run's record of its files and the validation cache's key share one stat per file
-    from ilt_audit.dataset import loader as data
+    from ilt_audit.dataset import files as data
 
     calls = []
     real = data._stat_each

@@ -17,7 +17,7 @@ import pytest
 from conftest import IMAGE_CARD, snapshot, tiny_config, write_image_dataset
 
 from ilt_audit.dataset.card import load_card
-from ilt_audit.dataset.loader import scan_key
+from ilt_audit.dataset.files import scan_key
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.review.decisions import Decision, DecisionStore, check_decision

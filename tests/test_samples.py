@@ -12,7 +12,7 @@ from helpers_scripts import load_script
 from PIL import Image
 
 from ilt_audit.corruption.planting import corrupt, read_truth
-from ilt_audit.dataset.loader import load_dataset
+from ilt_audit.dataset import load_dataset
 from ilt_audit.dataset.manifest import load_manifest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"

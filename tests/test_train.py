@@ -404,7 +404,7 @@ def test_non_finite_loss_stops_training_and_keeps_earlier_epochs(
 
 
 def test_predict_rebuilds_the_trained_network(planted_run):
-    from ilt_audit.dataset.loader import load_dataset
+    from ilt_audit.dataset import load_dataset
     from ilt_audit.training.loop import predict, saved_normalisation
 
     data = load_dataset(planted_run.card, norm=saved_normalisation(planted_run.run))
@@ -420,7 +420,7 @@ def test_predict_rebuilds_the_trained_network(planted_run):
 
 
 def test_predict_refuses_a_checkpoint_of_another_dataset(planted_run, image_card):
-    from ilt_audit.dataset.loader import load_dataset
+    from ilt_audit.dataset import load_dataset
     from ilt_audit.training.loop import predict
 
     with pytest.raises(RunDirError, match="does not fit this dataset"):

@@ -19,8 +19,8 @@ import pytest
 from helpers_data import make_features_card, make_image_card
 
 from ilt_audit.corruption.planting import TRUTH_SCHEMA
-from ilt_audit.dataset.card import load_card
-from ilt_audit.dataset.loader import MAX_PIXELS, read_depth, read_image, scan_key
+from ilt_audit.dataset.card import MAX_PIXELS, load_card
+from ilt_audit.dataset.files import read_depth, read_image, scan_key
 from ilt_audit.dataset.manifest import load_manifest
 from ilt_audit.errors import CardError
 

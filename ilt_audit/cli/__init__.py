@@ -1,7 +1,9 @@
 """The ``ilt-audit`` command line: parse options, call the library, render the result.
 
-The CLI is the top of the package: it may import every stage below it (dataset, run, training,
-corruption, audit, review, internal), and no stage imports it. One module per command group, in
+May import: every stage below it (:mod:`ilt_audit.review`, :mod:`ilt_audit.audit`,
+:mod:`ilt_audit.training`, :mod:`ilt_audit.corruption`, :mod:`ilt_audit.run`,
+:mod:`ilt_audit.dataset`, :mod:`ilt_audit.internal`); it is the top of the package and no stage
+imports it. One module per command group, in
 the order of the workflow: ``dataset`` (init, corrupt), ``train``, ``audit`` (rank, evaluate,
 gate) and ``review`` (report, review, fix), with what they share in ``common``. This module
 builds the ``app`` and registers the commands, in the order ``--help`` lists them.
@@ -25,7 +27,6 @@ from typer.core import TyperGroup
 
 from ilt_audit import __version__
 from ilt_audit.cli import audit, dataset, review, train
-from ilt_audit.cli.common import TABLE_ROWS as TABLE_ROWS  # benchmarks/readers.py imports it here
 from ilt_audit.cli.common import fail
 from ilt_audit.errors import IltAuditError
 

@@ -324,7 +324,7 @@ def _model_inputs(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
 
 def _read_label_file(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
     # ilt_audit.dataset.loader imports torch; importing it here keeps read_truth (and evaluation) light
-    from ilt_audit.dataset.loader import read_depth, read_mask
+    from ilt_audit.dataset.files import read_depth, read_mask
 
     value = manifest.frame.at[row, task.column]
     path = manifest.file_path(value)

@@ -62,7 +62,8 @@ import pyarrow.parquet as pq
 from ilt_audit.corruption.modes import FILLS, MODES, NOISES, Mode, Setting
 from ilt_audit.dataset.card import Card, TaskSpec
 from ilt_audit.dataset.derived import Output, check_out, write_derived
-from ilt_audit.dataset.manifest import Manifest, load_manifest
+from ilt_audit.dataset.manifest import Manifest
+from ilt_audit.dataset.opening import open_dataset
 from ilt_audit.errors import CardError, OptionError, TruthError
 
 TRUTH_FILE = "corruption.parquet"
@@ -125,7 +126,7 @@ def corrupt(
         ...         out="/tmp/shapes-realistic").counts  # doctest: +SKIP
         {'shape': 240, 'seg': 240}
     """
-    manifest = load_manifest(card)
+    manifest = open_dataset(card).manifest
     card = manifest.card
     specs = _check_options(manifest, tasks, fraction, seed, noise)
     settings = _resolve_settings(

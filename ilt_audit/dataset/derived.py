@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
-from ilt_audit.dataset.manifest import Manifest, read_table
+from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import OptionError
 from ilt_audit.internal.toml import toml_dumps, toml_string
 
@@ -131,7 +131,7 @@ def write_derived(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        table = read_table(card.table_path, card.id).reset_index(drop=True)  # original dtypes
+        table = manifest.original_frame()  # original dtypes
         output = Output(manifest, table, out, staging)
         _rewrite_paths(output)
         edit(output)

@@ -197,6 +197,11 @@ class Manifest:
         index = pd.Index(self.class_names[task.name]).get_indexer(texts)
         return index.astype(np.int64)
 
+    def original_frame(self) -> pd.DataFrame:
+        """The table read again as its file stores it (the id as text, the other columns in the
+        types the reader gives them): what a derived dataset writes back in the same format."""
+        return read_table(self.card.table_path, self.card.id).reset_index(drop=True)
+
     def file_path(self, value: str) -> Path:
         """The file a path cell names, refused if it leads outside the data folder (through a
         symbolic link: the text of every cell was checked by :func:`load_manifest`)."""

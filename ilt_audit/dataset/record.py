@@ -4,8 +4,8 @@ Two checks, both cheap, made in this one place before a resumed run reads or wri
 
 - the dataset card and its manifest, by content: their sha256, recorded in ``config.json``;
 - every file the manifest names (images, masks, depth maps), by size and modification time:
-  one ``stat`` a file (:func:`ilt_audit.dataset.loader.file_stats`), recorded before the first epoch in
-  ``RUN_DIR/inputs.parquet``, one row per file in table order::
+  one ``stat`` a file (:func:`ilt_audit.dataset.files.file_stats`), recorded before the first
+  epoch in ``RUN_DIR/inputs.parquet``, one row per file in table order::
 
       id string, column string, path string, size int64, mtime_ns int64
 
@@ -14,24 +14,26 @@ fingerprint. A changed card or manifest always stops a resume (the rows and labe
 checkpoint was trained on are gone); changed files stop it unless ``accept_changed=True``.
 
 Example:
-    >>> files = record_files(load_manifest("card.toml", check_files=False))  # doctest: +SKIP
+    >>> files = open_dataset("card.toml", check_files=False).files  # doctest: +SKIP
     >>> check_files("runs/shapes", files, accept_changed=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ilt_audit.dataset.card import Card
-from ilt_audit.dataset.loader import FileStats, file_stats
 from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import RunDirError
 from ilt_audit.internal.files import write_atomic
+
+if TYPE_CHECKING:
+    from ilt_audit.dataset.files import FileStats
 
 INPUTS = "inputs.parquet"
 SCHEMA = pa.schema(
@@ -47,8 +49,11 @@ SCHEMA = pa.schema(
 
 def record_files(manifest: Manifest, found: FileStats | None = None) -> pa.Table:
     """The fingerprint of every file the manifest names, in table order (see the module);
-    ``found``: the files' :func:`~ilt_audit.dataset.loader.file_stats`, when the caller took them."""
-    found = file_stats(manifest) if found is None else found
+    ``found``: the files' :func:`~ilt_audit.dataset.files.file_stats`, when the caller took them."""
+    if found is None:
+        from ilt_audit.dataset.files import file_stats  # imports torch: only when stat-ing
+
+        found = file_stats(manifest)
     n, c = found.stats.shape[:2]
     row = np.repeat(np.arange(n), c)  # (N*C,) row by row, columns in order within a row
     column = np.tile(np.arange(c), n)

@@ -1,1 +1,6 @@
-"""Private helpers of ilt-audit: not part of the public API."""
+"""Private helpers of ilt-audit, not part of the public API: atomic files, the run lock, the
+cache, the console, TOML writing, markup escaping, and this process's place in a ``torchrun`` job.
+
+May import: :mod:`ilt_audit.errors` only; every stage may import it (it is the bottom of
+``pyproject.toml``'s import-linter contract).
+"""

@@ -113,7 +113,7 @@ def _numbers(row: _Row) -> list[dict[str, Any]]:
 
 
 def _brushes(row: _Row) -> list[dict[str, Any]]:
-    from ilt_audit.dataset.loader import DECODE_ERRORS, read_mask
+    from ilt_audit.dataset.files import DECODE_ERRORS, read_mask
 
     path = row.manifest.file_path(row.cell(row.task.column))
     try:

@@ -51,7 +51,8 @@ from ilt_audit.dataset.derived import (
     write_classes,
     write_derived,
 )
-from ilt_audit.dataset.manifest import Manifest, label_texts, load_manifest
+from ilt_audit.dataset.manifest import Manifest, label_texts
+from ilt_audit.dataset.opening import open_dataset
 from ilt_audit.errors import RunDirError
 from ilt_audit.internal.toml import toml_string
 from ilt_audit.review.decisions import (
@@ -102,7 +103,7 @@ def fix(card: Card | str | Path, *, decisions: RunLike, out: str | Path) -> FixR
         >>> fix("data/card.toml", decisions="runs/audit", out="data-fixed").counts  # doctest: +SKIP
         {'keep': 12, 'relabel': 7, 'drop': 3}
     """
-    manifest = load_manifest(card)
+    manifest = open_dataset(card).manifest
     card = manifest.card
     out = Path(out).resolve()
     check_out(out)
@@ -284,7 +285,7 @@ def _predictions(run: Run, manifest: Manifest, wanted: list[tuple[TaskSpec, int]
     import torchvision.transforms.v2.functional as TF
     from torchvision.transforms import InterpolationMode
 
-    from ilt_audit.dataset.loader import open_image
+    from ilt_audit.dataset.files import open_image
 
     try:
         found = predict_instances(run, manifest, [manifest.ids[row] for _, row in wanted])

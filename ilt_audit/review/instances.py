@@ -214,7 +214,7 @@ def read_row_file(
 ) -> Any:
     """A file an instance's row names, read; a file that cannot be (gone, changed, a bomb) is a
     :class:`CardError` naming the manifest, the row id and the column."""
-    from ilt_audit.dataset.loader import DECODE_ERRORS
+    from ilt_audit.dataset.files import DECODE_ERRORS
 
     try:
         return read()
@@ -227,7 +227,7 @@ def read_row_file(
 
 def input_image(manifest: Manifest, row: int) -> np.ndarray:
     """The input image of manifest row ``row`` as (H, W, 3) uint8."""
-    from ilt_audit.dataset.loader import read_image
+    from ilt_audit.dataset.files import read_image
 
     column = manifest.card.input.columns[0]
     value = manifest.frame.iloc[row][column]
@@ -253,7 +253,7 @@ def label_numbers(manifest: Manifest, task: TaskSpec, row: int) -> Numbers:
 
 def label_map(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
     """The mask (class indices) or depth map (the label's units) of a dense task's row."""
-    from ilt_audit.dataset.loader import read_depth, read_mask
+    from ilt_audit.dataset.files import read_depth, read_mask
 
     value = manifest.frame.iloc[row][task.column]
     path = manifest.file_path(value)
@@ -293,7 +293,8 @@ class Predictor:
                 f"The dataset card or its manifest changed since training ({manifest.card.path}): "
                 "labels are shown as they are now, and the model's predictions are not shown."
             )
-        from ilt_audit.dataset.loader import Normalisation, load_dataset
+        from ilt_audit.dataset import load_dataset
+        from ilt_audit.dataset.files import Normalisation
         from ilt_audit.training.loop import load_model
 
         saved = run.config.get("normalisation")

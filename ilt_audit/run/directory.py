@@ -128,12 +128,12 @@ class Run:
         """The manifest of the card the run was trained on, read once; ``purpose`` says why, in
         the error when it cannot be read."""
         if "manifest" not in self._read:
-            from ilt_audit.dataset.manifest import load_manifest
+            from ilt_audit.dataset.opening import open_dataset
 
             try:
-                self._read["manifest"] = load_manifest(
+                self._read["manifest"] = open_dataset(
                     self.config["card"]["path"], check_files=False
-                )
+                ).manifest
             except (CardError, KeyError, TypeError) as exc:
                 raise RunDirError(
                     f"{self.path}: cannot read the run's dataset card {purpose}: {exc}"

@@ -35,18 +35,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ilt_audit import __version__
-from ilt_audit.dataset.card import Card, TaskSpec, load_card
-from ilt_audit.dataset.loader import (
-    Dataset,
-    EpochBatches,
-    Normalisation,
-    file_stats,
-    load_dataset,
-    make_loader,
-    to_device,
-)
-from ilt_audit.dataset.manifest import load_manifest
-from ilt_audit.dataset.record import check_card, check_files, record_files, write_files
+from ilt_audit.dataset.card import Card, TaskSpec
+from ilt_audit.dataset.files import Normalisation
+from ilt_audit.dataset.loader import Dataset, EpochBatches, make_loader, to_device
+from ilt_audit.dataset.opening import Source, open_dataset
+from ilt_audit.dataset.record import write_files
 from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
 from ilt_audit.internal import distributed
 from ilt_audit.internal.console import progress
@@ -445,7 +438,7 @@ def train(
     """
     out = Path(out)
     place = distributed.from_env()
-    card = card if isinstance(card, Card) else load_card(card)
+    source = open_dataset(card, check_files=False)  # the card and every row, checked once
     if place.active:
         distributed.start(place, resolve_device((config or TrainConfig()).device, place))
     try:
@@ -455,7 +448,7 @@ def train(
                     held.enter_context(run_lock(out))
                     _prepare_out(out, resume)
             return _train(
-                card,
+                source,
                 out,
                 config,
                 place=place,
@@ -483,7 +476,7 @@ def _agreed(place: Place, what: str) -> Iterator[None]:
 
 
 def _train(
-    card: Card,
+    source: Source,
     out: Path,
     config: TrainConfig | None,
     *,
@@ -503,7 +496,7 @@ def _train(
     with _agreed(place, "reading the run to resume and the manifest"):
         if resume:
             saved = read_config(out)
-            check_card(out, saved, card)
+            source.check_card(out, saved)
             base = config_from_dict(saved["options"])
             given = config or base
             config = dataclasses.replace(
@@ -515,22 +508,21 @@ def _train(
         device = resolve_device(config.device, place)
         # a new run's starting weights, checked before the data pass; a resumed run has its own
         pretrained = pretrained_state(config.model) if state is None else None
-        manifest = load_manifest(card, check_files=False)
         # one stat per file, before the pass reads them: the record and the pass's cache key
-        stats = file_stats(manifest) if place.main else None
-        files = record_files(manifest, stats) if stats is not None else None
-        if resume and files is not None:
-            note = check_files(out, files, accept_changed=accept_changed_files)
+        stats = source.stats if place.main else None
+        files = source.files if place.main else None
+        if resume and place.main:
+            note = source.check_files(out, accept_changed=accept_changed_files)
             if note is not None:
                 on_warning(note)
     # validates every row and file before anything is written; a resumed run keeps its statistics
-    data = load_dataset(
-        manifest, workers=config.workers, norm=saved_norm, rescan=rescan, place=place, stats=stats
+    data = source.load(
+        workers=config.workers, norm=saved_norm, rescan=rescan, place=place, stats=stats
     )
     run = _Run(data, config, device, place)
     if pretrained is not None:
         load_pretrained(run.model, pretrained)
-    config_json = _config_json(card, data, config, device, place)
+    config_json = _config_json(source.card, data, config, device, place)
     metrics: list[dict[str, Any]] = []
     start_epoch = 1
     if state is not None:
