@@ -640,3 +640,14 @@ def test_few_valued_greyscale_files_and_no_image_column_are_ambiguous(tmp_path, 
     raw = tomllib.loads(card.read_text(encoding="utf-8"))
     assert raw["input"] == {"type": "image", "column": "pic"}
     assert raw["tasks"] == {"label": {"type": "classification", "column": "label"}}
+
+
+def test_a_drafted_card_that_does_not_validate_names_the_card_not_its_temporary_file(tmp_path, cli):
+    # a features input with dense tasks: the card itself is refused by the check before writing
+    table = image_table(tmp_path)
+    pd.read_csv(table).assign(size=1.0).to_csv(table, index=False)
+    result = cli("init", table, "--out", tmp_path / "c.toml", "--input", "size")
+    assert result.exit_code == 2
+    assert "does not validate" in result.err and str(tmp_path / "c.toml") in result.err
+    assert ".tmp-" not in result.err and ".init-" not in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "depth", "images", "masks"]

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,13 +76,19 @@ class Source:
         return prepare(self.manifest, **options)
 
 
-def open_dataset(card: Card | str | Path, *, check_files: bool = True) -> Source:
+def open_dataset(
+    card: Card | str | Path, *, check_files: bool = True, table: str | None = None
+) -> Source:
     """Read a dataset card and its manifest, checking every row (:func:`load_manifest`).
 
     ``check_files=False`` checks that path cells are text but not that the files exist (the
-    training pass decodes every file anyway, in parallel).
+    training pass decodes every file anyway, in parallel). ``table`` reads another table beside
+    the card than the one it names (``init`` checks the card it drafts with the manifest it
+    writes under a temporary name).
     """
     card = card if isinstance(card, Card) else load_card(card)
+    if table is not None:
+        card = dataclasses.replace(card, table=table)
     return Source(load_manifest(card, check_files=check_files))
 
 

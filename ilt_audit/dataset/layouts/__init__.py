@@ -18,7 +18,7 @@ card names as its ``root`` (:func:`root_text`). A table's paths are relative to 
 or, failing that, to the table's own folder, which then becomes the card's ``root``. Nothing is
 guessed silently: every decision is an :class:`Inference` with its reason, an ambiguous column
 stops with :class:`LayoutError` naming the choices, and the card is checked with
-:func:`ilt_audit.dataset.manifest.load_manifest` before it is put in place; on any error nothing is
+:func:`ilt_audit.dataset.open_dataset` before it is put in place; on any error nothing is
 written. Mask files are read from a bounded, evenly spaced sample
 (:data:`~ilt_audit.dataset.layouts.sampling.SAMPLE` files per column), never all of a large data
 set, and the inference says which.
@@ -97,7 +97,7 @@ def init_card(
 
     ``tasks``, ``inputs``, ``id_column`` and ``skip`` settle a table's columns by hand (they do
     not apply to folder layouts). The card is validated with
-    :func:`~ilt_audit.dataset.manifest.load_manifest` before it is put in place; on any error
+    :func:`~ilt_audit.dataset.opening.open_dataset` before it is put in place; on any error
     (:class:`LayoutError` for the layout, ``OptionError`` for the options) nothing is written.
 
     Example:

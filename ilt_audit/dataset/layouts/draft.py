@@ -4,12 +4,11 @@ A format's reader fills a :class:`Draft`: the card's TOML document, the manifest
 layouts) or the user's table, the folder the paths are relative to, and every decision as an
 :class:`Inference`; a layout it cannot read raises :class:`LayoutError` with the decisions so far.
 :func:`write` writes the card (and manifest) under temporary names, checks them with
-:func:`~ilt_audit.dataset.manifest.load_manifest` and renames them into place.
+:func:`~ilt_audit.dataset.opening.open_dataset` and renames them into place.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from ilt_audit.dataset.card import load_card
-from ilt_audit.dataset.manifest import load_manifest
+from ilt_audit.dataset.opening import open_dataset
 from ilt_audit.errors import CardError
 from ilt_audit.internal.files import atomic_path, write_atomic
 from ilt_audit.internal.toml import toml_dumps, toml_string
@@ -113,7 +111,7 @@ def write(
     draft: Draft, out: Path, manifest_path: Path | None, folder: Path, allow_outside: bool
 ) -> None:
     """Write the card (and manifest) under temporary names, validate them with
-    :func:`load_manifest`, then rename them into place; on an error remove them."""
+    :func:`open_dataset`, then rename them into place; on an error remove them."""
     card: dict[str, Any] = {}
     if draft.manifest is not None:
         assert manifest_path is not None
@@ -134,12 +132,12 @@ def write(
         tmp_manifest = out.with_name(f".{out.stem}.init-{pid}.csv")
         try:
             tmp_card.write_text(text, encoding="utf-8")
-            loaded = load_card(tmp_card)
             if draft.manifest is not None:
                 draft.manifest.to_csv(tmp_manifest, index=False)
-                loaded = dataclasses.replace(loaded, table=tmp_manifest.name)
-            try:
-                load_manifest(loaded)
+            try:  # the card and its manifest, every row checked: what `train` will read
+                open_dataset(
+                    tmp_card, table=tmp_manifest.name if draft.manifest is not None else None
+                )
             except CardError as exc:
                 message = str(exc).replace(str(tmp_manifest.resolve()), str(manifest_path))
                 message = message.replace(str(tmp_card.resolve()), str(out))
