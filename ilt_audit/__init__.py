@@ -16,6 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "open_dataset": "ilt_audit.dataset.opening",
     "load_card": "ilt_audit.dataset.card",
     "load_manifest": "ilt_audit.dataset.manifest",
     "load_dataset": "ilt_audit.dataset.opening",

@@ -25,7 +25,9 @@ from ilt_audit.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SAMPLES = ROOT / "sample_manifests"
-MARKDOWN = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *DOCS.rglob("*.md")])
+MARKDOWN = sorted(
+    [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "CONTRIBUTING.md", *DOCS.rglob("*.md")]
+)
 EXAMPLE_PAGES = sorted([ROOT / "README.md", *(DOCS / "commands").glob("*.md"), DOCS / "python.md"])
 COMMAND_PAGES = DOCS / "commands"
 

@@ -96,3 +96,20 @@ def test_importing_the_package_and_a_card_needs_no_torch() -> None:
 def test_each_stage_says_what_it_is_for_and_what_it_may_import(package: str) -> None:
     doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
     assert doc and "May import" in doc
+
+
+def test_contributing_maps_every_module_in_its_stage() -> None:
+    """CONTRIBUTING.md's map has a row per stage naming each of its modules in backticks."""
+    rows = {}
+    for line in (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("| `") and "/` |" in line:
+            rows[line.split("`")[1].rstrip("/")] = line
+    stages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert sorted(rows) == stages
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.glob("*/**/*.py")
+        if path.stem != "__init__"
+        and f"`{path.stem}`" not in rows[path.relative_to(PACKAGE).parts[0]]
+    ]
+    assert missing == []
