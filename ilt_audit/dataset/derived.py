@@ -9,6 +9,10 @@ The new card's folder is its data folder: its paths are relative to it, the orig
 is not carried over.
 Everything is written into a temporary sibling folder that is renamed onto ``out`` at the end,
 so a crash leaves nothing half-written.
+
+:func:`write_split_card` writes a lighter kind: the same table with a train/val split column, for
+a network that must not see some rows (the cross-validated baselines of
+:mod:`ilt_audit.audit.baselines`, a benchmark's clean validation split).
 """
 
 from __future__ import annotations
@@ -206,3 +210,51 @@ def _write_table(frame: pd.DataFrame, path: Path) -> None:
                     for k, v in record.items()
                 }
                 handle.write(json.dumps(clean, ensure_ascii=False, default=str) + "\n")
+
+
+SPLIT_COLUMN = "ilt_audit_split"  # the column write_split_card adds
+
+
+def write_split_card(
+    manifest: Manifest, card_path: Path, is_val: np.ndarray, *, column: str = SPLIT_COLUMN
+) -> Path:
+    """Write ``card_path``: the dataset with a train/val split column added, for a network that
+    must not see some rows (a fold held out, a clean validation split).
+
+    The new card is the original's, its table a Parquet file beside it (``card_path`` with the
+    suffix ``.parquet``) holding the original table with ``column`` added: ``"val"`` where
+    ``is_val`` (a boolean per row, in the manifest's order), ``"train"`` elsewhere. Nothing else
+    changes: file paths are rewritten relative to the new card's folder (``allow_outside_paths``
+    set where they then lead out of it; the files stay where they are), the ``root`` is not
+    carried over. Several split cards may share a folder; the card is written last, so a card
+    that exists is whole. A dataset that already has a split column is refused.
+    """
+    card = manifest.card
+    if card.split is not None:
+        raise OptionError(
+            f"{card.path} already has a split column ({card.split!r}); a split card adds its own"
+        )
+    if len(is_val) != len(manifest.ids):
+        raise OptionError(f"is_val has {len(is_val)} values for {len(manifest.ids)} rows")
+    folder = card_path.parent.resolve()
+    output = Output(manifest, manifest.original_frame(), folder, folder)
+    if column in output.frame.columns:
+        raise OptionError(f"{card.table_path} already has a column {column!r}")
+    _rewrite_paths(output)
+    frame = output.frame
+    frame[column] = np.where(is_val, "val", "train")
+    folder.mkdir(parents=True, exist_ok=True)
+    table = card_path.with_suffix(".parquet").name
+    frame.to_parquet(folder / table, index=False)
+    raw = {k: v for k, v in card.raw.items() if k != "root"}
+    raw |= {"table": table, "split": column}
+    files = [t.column for t in card.tasks if t.dense]
+    files += [card.input.columns[0]] if card.input.type == "image" else []
+    if any(str(v).startswith("../") for name in files for v in frame[name]):
+        raw["allow_outside_paths"] = True  # the files stay in the dataset's own folder
+    header = (
+        f"# Written by ilt-audit from {toml_string(str(card.path))}: its table with a split "
+        f"column, {int(np.count_nonzero(is_val))} of {len(frame)} rows held out (val)\n"
+    )
+    (folder / card_path.name).write_text(header + toml_dumps(raw), encoding="utf-8")
+    return folder / card_path.name
