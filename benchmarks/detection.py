@@ -18,6 +18,11 @@ corrupted labels on top, on the same corrupted data:
   the other instances (5-fold), each given label scored by how much it disagrees with the
   network that never saw its instance; the most any method could see in that data.
 
+Planting, training, scoring and both baselines are the package's (``ilt_audit.corruption``,
+``ilt_audit.training``, ``ilt_audit.audit``; the baselines in ``ilt_audit.audit.baselines``); the
+samples it writes and the report's blocks are ``_shared``'s. This script arranges the runs,
+keeps their records and writes the tables.
+
 The corruption modes (``--modes``) are those of ``ilt_audit.corruption.planting.MODES``: ``paper`` (the
 default) runs each task with its type's default mode, the paper's, so the figures stay
 comparable with earlier reports; ``all`` runs every mode of each task's type. The samples are the
@@ -46,19 +51,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import datetime as dt
 import functools
-import gzip
 import hashlib
-import importlib.util
 import json
 import math
 import os
-import platform
-import shlex
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -73,29 +73,42 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ilt_audit.audit.baselines import FOLDS, ceiling_folds, ceiling_scores, cleanlab_scores
 from ilt_audit.audit.calibration import audit
 from ilt_audit.audit.evaluation import detection_metrics, evaluate
 from ilt_audit.audit.ranking import DEFAULT_BY, SCORES
 from ilt_audit.corruption.planting import MODES, corrupt, read_truth
-from ilt_audit.dataset import load_dataset
-from ilt_audit.dataset.card import Card, load_card
-from ilt_audit.dataset.loader import Dataset, make_loader, to_device
-from ilt_audit.dataset.manifest import load_manifest, read_table
+from ilt_audit.dataset import Source, open_dataset
+from ilt_audit.dataset.derived import write_split_card
 from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
-from ilt_audit.internal.toml import toml_dumps
 from ilt_audit.run.trajectories import read_trajectories
-from ilt_audit.training.loop import TrainConfig, load_model, predict, saved_normalisation, train
-from ilt_audit.training.losses import INSTANCE_LOSS
+from ilt_audit.training.loop import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
-from _markdown import foreign_blocks, markers, read_block, write_block  # noqa: E402
-from _markdown import table as _table  # noqa: E402
+from _shared import (  # noqa: E402
+    FASHION_N,
+    FASHION_PACKAGE,
+    OUT_MD,
+    ROOT,
+    command_line,
+    cores,
+    digits_missing,
+    fashion_missing,
+    foreign_blocks,
+    fresh,
+    markers,
+    now,
+    read_block,
+    system,
+    versions,
+    write_block,
+    write_digits,
+    write_fashion,
+)
+from _shared import table as _table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_manifests"
 RESULTS = "results.jsonl"
-SPLIT = "bench_split"  # the split column added to fold and held-out manifests
-FOLDS = 5
 CEILING = "ceiling"  # the ceiling baseline (--ceiling): the method, and its one score
 VAL_SHARE = 0.2  # model quality: share of rows held out as the clean validation split
 QUALITY_FRACTION = 0.4
@@ -145,127 +158,6 @@ class Sample:
     write: Callable[[Path], None] | None = None  # writes the card (a package's dataset) if missing
 
 
-def write_digits(card_path: Path) -> None:
-    """scikit-learn's handwritten digits as a features card: 64 pixels in [0, 1], task ``digit``.
-
-    ``load_digits``: 1,797 8x8 greyscale images of the digits 0-9 (the UCI optical recognition
-    data set), shipped inside scikit-learn; the pixel values 0-16 are divided by 16.
-    """
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = [f"px{i:02d}" for i in range(digits.data.shape[1])]
-    frame = pd.DataFrame(digits.data / 16.0, columns=pixels)
-    frame.insert(0, "id", [f"digit-{i:04d}" for i in range(len(frame))])
-    frame["digit"] = digits.target.astype(np.int64)
-    folder = _fresh(card_path.parent)  # nothing of an interrupted write is kept
-    folder.mkdir()
-    frame.to_parquet(folder / "digits.parquet", index=False)
-    raw = {
-        "table": "digits.parquet",
-        "id": "id",
-        "input": {"type": "features", "columns": pixels},
-        "tasks": {"digit": {"type": "classification", "column": "digit", "classes": 10}},
-    }
-    header = "# digits: scikit-learn's load_digits, 1,797 8x8 handwritten digits, pixels / 16\n"
-    card_path.write_text(header + toml_dumps(raw), encoding="utf-8")  # last: the card marks done
-
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist puts it
-FASHION_PACKAGE = "dataset-fashion-mnist"
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
-FASHION_N = 6000  # --fashion-n: training images written (the first N of the 60,000)
-FASHION_CLASSES = (  # label 0..9, as the Fashion-MNIST README names them
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """The array of a gzip'd idx file of unsigned bytes (the MNIST format).
-
-    The format: a big-endian magic ``0x0000 08 NDIM`` (``08``: unsigned bytes), NDIM big-endian
-    uint32 sizes, then the bytes in C order.
-    """
-    with gzip.open(path, "rb") as handle:
-        magic = handle.read(4)
-        if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
-            raise ValueError(f"{path}: not an idx file of unsigned bytes (magic {magic.hex()})")
-        shape = struct.unpack(f">{magic[3]}I", handle.read(4 * magic[3]))
-        data = handle.read()
-    if len(data) != math.prod(shape):
-        raise ValueError(
-            f"{path}: its header says {shape}, {math.prod(shape)} bytes; {len(data)} follow"
-        )
-    return np.frombuffer(data, np.uint8).reshape(shape)
-
-
-def fashion_missing() -> str | None:
-    """Why Fashion-MNIST cannot be written on this machine, or None."""
-    absent = [name for name in FASHION_FILES if not (FASHION_DIR / name).is_file()]
-    if not absent:
-        return None
-    return (
-        f"Fashion-MNIST's {', '.join(absent)} not found in {FASHION_DIR}; install Debian's "
-        f"package: apt-get install {FASHION_PACKAGE}"
-    )
-
-
-def write_fashion(card_path: Path, *, n: int = FASHION_N) -> None:
-    """The first ``n`` Fashion-MNIST training images as an image card: 28x28 grey PNGs, task
-    ``item`` with the 10 class names (Zalando's article photographs, human labels, MIT licence).
-
-    The files are those of Debian's ``dataset-fashion-mnist`` package (``FASHION_DIR``); the
-    training set is shuffled, so its first ``n`` images hold every class about equally.
-    """
-    import pandas as pd
-    from PIL import Image
-
-    images = read_idx(FASHION_DIR / FASHION_FILES[0])  # (60000, 28, 28)
-    labels = read_idx(FASHION_DIR / FASHION_FILES[1])  # (60000,)
-    if n > len(images):
-        raise SystemExit(
-            f"error: --fashion-n {n}: Fashion-MNIST's training set in {FASHION_DIR} holds "
-            f"{len(images):,} images"
-        )
-    folder = _fresh(card_path.parent)  # nothing of an interrupted write is kept
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        path = f"images/fashion-{i:05d}.png"
-        Image.fromarray(images[i], mode="L").save(folder / path)
-        rows.append({"id": f"fashion-{i:05d}", "image": path, "item": FASHION_CLASSES[labels[i]]})
-    pd.DataFrame(rows).to_parquet(folder / "fashion.parquet", index=False)
-    raw = {
-        "table": "fashion.parquet",
-        "id": "id",
-        "input": {"type": "image", "column": "image"},
-        "tasks": {
-            "item": {"type": "classification", "column": "item", "classes": list(FASHION_CLASSES)}
-        },
-    }
-    header = (
-        f"# fashion: Fashion-MNIST, the first {n:,} of its {len(images):,} training images, "
-        f"28x28 grey, from {FASHION_DIR}\n"
-    )
-    card_path.write_text(header + toml_dumps(raw), encoding="utf-8")  # last: the card marks done
-
-
-def _sklearn_missing() -> str | None:
-    if importlib.util.find_spec("sklearn") is None:
-        return 'scikit-learn is not installed (pip install -e ".[bench]")'
-    return None
-
-
 @dataclass(frozen=True)
 class PackageSample:
     """A real dataset that a package ships, written as a card into the work folder."""
@@ -278,7 +170,7 @@ class PackageSample:
 
 
 PACKAGE_SAMPLES = {
-    "digits": PackageSample({"digit": "classification"}, write_digits, _sklearn_missing),
+    "digits": PackageSample({"digit": "classification"}, write_digits, digits_missing),
     "fashion": PackageSample(
         {"item": "classification"}, write_fashion, fashion_missing, refuse=True, options=("n",)
     ),
@@ -350,9 +242,7 @@ def parse_args(argv: list[str]) -> Settings:
         "(and its small-loss and AUM scores); uncertainty, MAO and cleanlab on penguins and "
         "digits, model quality on penguins only (options given explicitly still apply)",
     )
-    parser.add_argument(
-        "--out-md", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the report"
-    )
+    parser.add_argument("--out-md", type=Path, default=OUT_MD, help="the report")
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -474,7 +364,7 @@ def parse_args(argv: list[str]) -> Settings:
             parser.error(f"--samples: no dataset card at {card}")
         name = card.parent.name if name.endswith(".toml") else name
         cards[name] = card
-        task_types.update({(name, task.name): task.type for task in load_card(card).tasks})
+        task_types.update({(name, task.name): task.type for task in _source(card).card.tasks})
     seeds = args.seeds if args.seeds is not None else (QUICK["seeds"] if args.quick else 3)
     if seeds < 1:
         parser.error(f"--seeds must be at least 1, got {seeds}")
@@ -551,7 +441,7 @@ def parse_args(argv: list[str]) -> Settings:
         resume=args.resume,
         out_md=args.out_md,
         quick=args.quick,
-        command=shlex.join(["python", "benchmarks/detection.py", *argv]),
+        command=command_line("detection.py", argv),
         backbones=tuple(_csv(args.backbones or "")),
         report_only=args.report_only,
         rescore=args.rescore,
@@ -598,13 +488,6 @@ class Results:
             os.fsync(handle.fileno())
 
 
-def _fresh(path: Path) -> Path:
-    """An empty folder for a step that was not recorded as finished (an interrupted one is redone)."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _nonfinite(run_dir: Path, columns: tuple[str, ...] = ("loss",)) -> int:
     """Non-finite values a run wrote to its trajectories (baselines write NaN ``log σ²`` on purpose)."""
     try:
@@ -625,51 +508,31 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _timed_train(card: Path, out: Path, config: TrainConfig, outcome: Outcome) -> Any:
-    """Train; a non-finite loss is recorded as a failure instead of stopping the benchmark."""
+@contextlib.contextmanager
+def _timed(outcome: Outcome) -> Iterator[None]:
+    """Time a training step into ``outcome``; a non-finite loss is recorded as a failure instead
+    of stopping the benchmark."""
     started = time.perf_counter()
     try:
-        return train(card, out, config=config)
+        yield
     except TrainingDiverged as exc:
         outcome.status, outcome.message = "diverged", str(exc)
         outcome.nan += 1
-        return None
     finally:
         outcome.seconds += time.perf_counter() - started
 
 
-# --- manifests with a split column ----------------------------------------------------------
+def _timed_train(card: Path, out: Path, config: TrainConfig, outcome: Outcome) -> Any:
+    """Train (:func:`_timed`); None when it diverged."""
+    with _timed(outcome):
+        return train(card, out, config=config)
+    return None
 
 
-def write_split_card(card: Card, folder: Path, stem: str, is_val: np.ndarray) -> Path:
-    """Write ``folder/stem.toml`` + ``stem.parquet``: the card's table with a train/val split column.
-
-    File paths are rewritten relative to ``folder`` so the new card may live anywhere (outside
-    paths allowed where they then lead out of it); rows marked ``is_val`` are held out from
-    training (``split = "val"``).
-    """
-    if card.split is not None:
-        raise SystemExit(
-            f"error: {card.path} already has a split column; the benchmark adds its own"
-        )
-    frame = read_table(card.table_path, card.id).reset_index(drop=True)
-    columns = [t.column for t in card.tasks if t.dense]
-    if card.input.type == "image":
-        columns.append(card.input.columns[0])
-    folder = folder.resolve()
-    for column in dict.fromkeys(columns):
-        frame[column] = [
-            v if os.path.isabs(v) else Path(os.path.relpath(card.root / v, folder)).as_posix()
-            for v in frame[column]
-        ]
-    frame[SPLIT] = np.where(is_val, "val", "train")
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(folder / f"{stem}.parquet", index=False)
-    raw = {**card.raw, "table": f"{stem}.parquet", "split": SPLIT}
-    if any(str(v).startswith("../") for column in dict.fromkeys(columns) for v in frame[column]):
-        raw["allow_outside_paths"] = True  # the files stay in the dataset's own folder
-    (folder / f"{stem}.toml").write_text(toml_dumps(raw), encoding="utf-8")
-    return folder / f"{stem}.toml"
+@functools.cache
+def _source(card: Path) -> Source:
+    """A sample's card and manifest, read once."""
+    return open_dataset(card, check_files=False)
 
 
 # --- detection ------------------------------------------------------------------------------
@@ -706,8 +569,7 @@ class Case:
 def detection_cases(settings: Settings) -> list[Case]:
     cases = []
     for sample in settings.samples:
-        card = load_card(sample.card)
-        for task in card.tasks:
+        for task in _source(sample.card).card.tasks:
             if not settings.wants(sample.name, task.name):
                 continue
             for mode in settings.modes_for(task.type):
@@ -743,7 +605,7 @@ def _corrupted(settings: Settings, case: Case) -> tuple[Path, Path] | str:
     """
     out = settings.workdir / case.folder / "data"
     if not (out / "corruption.parquet").is_file():
-        _fresh(out)
+        fresh(out)
         try:
             corrupt(
                 case.sample.card,
@@ -795,9 +657,8 @@ def scores_for(task_type: str) -> list[str]:
     return [by for by, s in SCORES.items() if s.column != "margin" or task_type == "classification"]
 
 
-@functools.cache
 def _is_image(card: Path) -> bool:
-    return load_card(card).input.type == "image"
+    return _source(card).card.input.type == "image"
 
 
 def run_ilt(
@@ -806,7 +667,7 @@ def run_ilt(
     """ILT with default options (or another ``--model``); every score of ``ranking.SCORES``
     from the one run."""
     outcome = Outcome()
-    run_dir = _fresh(settings.workdir / case.folder / ("ilt" if model is None else f"ilt-{model}"))
+    run_dir = fresh(settings.workdir / case.folder / ("ilt" if model is None else f"ilt-{model}"))
     config = settings.base_config(case.seed)
     if model is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=model))
@@ -832,7 +693,7 @@ def run_weighting(
     """A baseline weighting (uncertainty: Kendall et al.; mao: Hervella et al.), ranked by the
     last epoch's loss."""
     outcome = Outcome()
-    run_dir = _fresh(settings.workdir / case.folder / weighting)
+    run_dir = fresh(settings.workdir / case.folder / weighting)
     config = settings.base_config(case.seed, weighting)
     if _timed_train(card, run_dir, config, outcome) is None:
         return outcome
@@ -845,157 +706,60 @@ def run_weighting(
 
 
 def run_cleanlab(settings: Settings, case: Case, card: Path, truth: Path) -> Outcome:
-    """cleanlab's label quality on 5-fold cross-validated probabilities of the same network.
-
-    Each fold trains the library's model (``weighting="equal"``, default options otherwise) on
-    four fifths of the corrupted data, stratified by the noisy label as cleanlab's own
-    cross-validation does, and predicts the held-out fifth. The time covers all folds.
-    """
-    from cleanlab.rank import get_label_quality_scores
-    from sklearn.model_selection import StratifiedKFold
-
+    """cleanlab's label quality on 5-fold cross-validated probabilities of the same network
+    (:func:`ilt_audit.audit.baselines.cleanlab_scores`, ``weighting="equal"``, the benchmark's
+    options otherwise). The time covers all folds."""
     outcome = Outcome()
-    started = time.perf_counter()
-    manifest = load_manifest(card)
-    task = manifest.card.task(case.task)
-    labels = manifest.class_index(task)  # (N,) the noisy labels
-    n, k = len(labels), len(manifest.class_names[task.name])
-    pred_probs = np.full((n, k), np.nan)  # (N, C)
-    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=case.seed)
-    config = settings.base_config(case.seed, "equal")
-    for fold, (_, held_out) in enumerate(folds.split(np.zeros(n), labels), start=1):
-        is_val = np.zeros(n, dtype=bool)
-        is_val[held_out] = True
-        fold_card = write_split_card(manifest.card, card.parent, f"fold-{fold}", is_val)
-        run_dir = _fresh(settings.workdir / case.folder / "cleanlab" / f"fold-{fold}")
-        fold_outcome = Outcome()
-        if _timed_train(fold_card, run_dir, config, fold_outcome) is None:
-            outcome.status, outcome.nan = "diverged", outcome.nan + fold_outcome.nan
-            outcome.message = f"fold {fold}: {fold_outcome.message}"
-            outcome.seconds = time.perf_counter() - started
-            return outcome
-        outcome.nan += _nonfinite(run_dir)
-        data = load_dataset(fold_card)
-        logits = predict(run_dir, data, torch.from_numpy(data.val_index))[task.name]  # (R, C)
-        pred_probs[data.val_index] = torch.softmax(logits, dim=1).numpy()
-    quality = get_label_quality_scores(labels, pred_probs)
-    outcome.seconds = time.perf_counter() - started
-    scores = 1.0 - np.asarray(quality, dtype=np.float64)  # higher = more suspect
-    expected = read_truth(truth)
-    expected = expected[expected.task == task.name]
-    position = {instance: i for i, instance in enumerate(manifest.ids)}
-    rows = np.array([position[i] for i in expected.id])
-    if not np.isfinite(scores[rows]).all():
-        outcome.nan += int((~np.isfinite(scores[rows])).sum())
-        outcome.status, outcome.message = "non-finite", "cleanlab scores are not finite"
-        return outcome
-    figures = detection_metrics(scores[rows], expected.corrupted.to_numpy())
-    outcome.extra["scores"] = {"cleanlab": _figures(figures)}
-    return outcome
+    folder = fresh(settings.workdir / case.folder / "cleanlab")
+    found = None
+    with _timed(outcome):
+        config = settings.base_config(case.seed, "equal")
+        found = cleanlab_scores(card, case.task, folder, folds=FOLDS, seed=case.seed, config=config)
+    outcome.nan += sum(_nonfinite(run) for run in sorted(folder.glob("fold-*")) if run.is_dir())
+    return outcome if found is None else _measured(outcome, found, truth, case.task, "cleanlab")
 
 
-@dataclass(frozen=True)
-class CeilingFold:
-    """One fold of the ceiling: a network trained on the clean labels of the other folds."""
-
-    card: Path  # the clean card, this fold's rows marked split "val" (not trained on)
-    run_dir: Path
-    held_out: np.ndarray  # (R,) sorted rows of the clean manifest the network never saw
-    seconds: float  # its training time
-
-
-def ceiling_folds(
-    settings: Settings, sample: Sample, seed: int, outcome: Outcome
-) -> list[CeilingFold]:
-    """The ceiling's ``FOLDS`` networks of a sample and seed, trained on its clean labels.
-
-    The instances are shuffled with ``seed`` and cut in ``FOLDS`` folds; each network trains with
-    ``weighting="equal"`` (default options otherwise) on the clean card with its fold held out. The
-    clean labels do not depend on the task, mode or fraction, so one set of networks serves every
-    case of the sample and seed: a fold is trained once (its ``fold-K.json`` marks it finished).
-    An empty list: a fold diverged, said in ``outcome``.
-    """
-    folder = settings.workdir / CEILING / sample.name / f"s{seed}-e{settings.epochs}-{DEFAULTS_TAG}"
-    card = load_card(sample.card)
-    n = len(read_table(card.table_path, card.id))
-    order = np.random.default_rng(seed).permutation(n)
-    config = settings.base_config(seed, "equal")
-    folds = []
-    for fold, rows in enumerate(np.array_split(order, FOLDS), start=1):
-        held_out = np.sort(rows)
-        done = folder / f"fold-{fold}.json"
-        run_dir = folder / f"fold-{fold}"
-        fold_card = folder / "cards" / f"fold-{fold}.toml"
-        if not done.is_file():
-            is_val = np.zeros(n, dtype=bool)
-            is_val[held_out] = True
-            write_split_card(card, fold_card.parent, fold_card.stem, is_val)
-            trained = Outcome()
-            if _timed_train(fold_card, _fresh(run_dir), config, trained) is None:
-                outcome.status, outcome.nan = trained.status, outcome.nan + trained.nan
-                outcome.message = f"fold {fold}: {trained.message}"
-                return []
-            outcome.nan += _nonfinite(run_dir)
-            done.write_text(json.dumps({"seconds": trained.seconds}), encoding="utf-8")
-        seconds = json.loads(done.read_text(encoding="utf-8"))["seconds"]
-        folds.append(CeilingFold(fold_card, run_dir, held_out, seconds))
-    return folds
-
-
-@torch.no_grad()
-def disagreement(run_dir: Path, data: Dataset, task: str, rows: np.ndarray) -> np.ndarray:
-    """How much each given label of ``rows`` disagrees with a network's prediction: (R,).
-
-    The task's training loss (``losses.INSTANCE_LOSS``, in normalised units): classification
-    ``-log p`` of the given label (the order of ``1 - p``), regression the squared error summed
-    over the columns, segmentation the mean pixel cross-entropy of the given mask (the ignore
-    index left out), dense regression the mean squared error of the given map.
-    """
-    model = load_model(run_dir, data)
-    spec = data.card.task(task)
-    parts = []
-    for batch in make_loader(data.instances(rows), batch_size=256, workers=0):
-        x, targets = to_device(batch, data.card.tasks, torch.device("cpu"))
-        output = model(x)[task].float()  # (B, C) | (B, D) | (B, C, H, W) | (B, 1, H, W)
-        parts.append(INSTANCE_LOSS[spec.type](output, targets[task], spec))  # (B,)
-    return torch.cat(parts).numpy().astype(np.float64)
+def ceiling_folder(settings: Settings, sample: Sample, seed: int) -> Path:
+    """Where the ceiling's networks of a sample and seed are trained, once for all its cases."""
+    tag = f"s{seed}-e{settings.epochs}-{DEFAULTS_TAG}"
+    return settings.workdir / CEILING / sample.name / tag
 
 
 def run_ceiling(settings: Settings, case: Case, card: Path, truth: Path) -> Outcome:
     """The ceiling: each given label scored by a network that never saw its instance.
 
-    The networks of :func:`ceiling_folds` were trained on the clean labels of the other folds;
-    each one scores the given (possibly corrupted) labels of its held-out fold by
-    :func:`disagreement`. The most any method could see in the data, short of the truth: a
-    confusion between look-alike classes may be invisible even to it. The time is the
-    ``FOLDS`` trainings (run once for every case of the sample and seed) plus the scoring.
+    The networks (:func:`ilt_audit.audit.baselines.ceiling_folds`) train on the clean labels of
+    the other folds, once per sample and seed: they serve every task, mode and fraction. The
+    time is their ``FOLDS`` trainings plus the scoring
+    (:func:`ilt_audit.audit.baselines.ceiling_scores`).
     """
     outcome = Outcome()
-    folds = ceiling_folds(settings, case.sample, case.seed, outcome)
-    if not folds:
+    folds = []
+    with _timed(outcome):  # a diverged fold (the ones before it hold finite losses: train stops)
+        config = settings.base_config(case.seed, "equal")
+        folder = ceiling_folder(settings, case.sample, case.seed)
+        folds = ceiling_folds(case.sample.card, folder, folds=FOLDS, seed=case.seed, config=config)
+    if outcome.status != "ok":
         return outcome
+    outcome.nan += sum(_nonfinite(fold.run_dir) for fold in folds if fold.trained)
     started = time.perf_counter()
-    clean = load_manifest(case.sample.card, check_files=False)
-    # the given labels as indices into the classes the networks learned (the clean card's)
-    given = dataclasses.replace(
-        load_manifest(card, check_files=False), class_names=clean.class_names
-    )
-    position = {instance: i for i, instance in enumerate(given.ids)}
-    scores = np.full(len(given), np.nan)  # (N,) by the given manifest's rows
-    for fold in folds:
-        data = load_dataset(given, norm=saved_normalisation(fold.run_dir), scan=False)
-        rows = np.array([position[clean.ids[row]] for row in fold.held_out])
-        scores[rows] = disagreement(fold.run_dir, data, case.task, rows)
+    found = ceiling_scores(folds, card, case.task)
     outcome.seconds = sum(fold.seconds for fold in folds) + time.perf_counter() - started
+    return _measured(outcome, found, truth, case.task, CEILING)
+
+
+def _measured(outcome: Outcome, found: Any, truth: Path, task: str, name: str) -> Outcome:
+    """A baseline's per-instance scores (``id, score``) against the labels planted in ``task``:
+    its figures, or ``non-finite``."""
     expected = read_truth(truth)
-    expected = expected[expected.task == case.task]
-    picked = scores[[position[i] for i in expected.id]]
+    expected = expected[expected.task == task]
+    picked = found.set_index("id").score.loc[expected.id].to_numpy()
     if not np.isfinite(picked).all():
         outcome.nan += int((~np.isfinite(picked)).sum())
-        outcome.status, outcome.message = "non-finite", "ceiling scores are not finite"
+        outcome.status, outcome.message = "non-finite", f"{name} scores are not finite"
         return outcome
     figures = detection_metrics(picked, expected.corrupted.to_numpy())
-    outcome.extra["scores"] = {CEILING: _figures(figures)}
+    outcome.extra["scores"] = {name: _figures(figures)}
     return outcome
 
 
@@ -1124,7 +888,7 @@ def quality_cases(settings: Settings) -> list[QualityCase]:
     for sample in settings.samples:
         if settings.quality_samples is not None and sample.name not in settings.quality_samples:
             continue
-        card = load_card(sample.card)
+        card = _source(sample.card).card
         target = next(
             (t.name for t in card.tasks if t.type == "classification"), card.tasks[0].name
         )
@@ -1143,11 +907,11 @@ def _held_out_card(settings: Settings, sample: Sample) -> Path:
     folder = settings.workdir / "quality" / sample.name / "split"
     card_path = folder / f"{sample.name}.toml"
     if not card_path.is_file():
-        card = load_card(sample.card)
-        n = len(read_table(card.table_path, card.id))
+        manifest = _source(sample.card).manifest
+        n = len(manifest.ids)
         is_val = np.zeros(n, dtype=bool)
         is_val[np.random.default_rng(0).permutation(n)[: round(VAL_SHARE * n)]] = True
-        write_split_card(card, _fresh(folder), sample.name, is_val)
+        write_split_card(manifest, fresh(folder) / card_path.name, is_val)
     return card_path
 
 
@@ -1157,7 +921,7 @@ def _quality_data(settings: Settings, case: QualityCase) -> Path:
         return card
     out = settings.workdir / case.folder / "data"
     if not (out / "corruption.parquet").is_file():
-        _fresh(out)  # corrupt() changes training rows only: the val split stays clean
+        fresh(out)  # corrupt() changes training rows only: the val split stays clean
         corrupt(card, tasks=[case.corrupt_task], fraction=QUALITY_FRACTION, seed=case.seed, out=out)
     return out / card.name
 
@@ -1170,7 +934,7 @@ def run_quality(settings: Settings, results: Results, counter: Iterator[str]) ->
             continue
         card = _quality_data(settings, case)
         outcome = Outcome()
-        run_dir = _fresh(settings.workdir / case.folder / case.weighting)
+        run_dir = fresh(settings.workdir / case.folder / case.weighting)
         result = _timed_train(
             card, run_dir, settings.base_config(case.seed, case.weighting), outcome
         )
@@ -1866,9 +1630,8 @@ def block_report(settings: Settings, records: list[dict[str, Any]], elapsed: flo
         "than editing this block. -->",
         "",
         f"- Produced by: `{settings.command}`",
-        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Versions: Python {platform.python_version()}, torch {torch.__version__}, "
-        f"ilt-audit {_version()}{_cleanlab_version()}",
+        f"- Date: {now()}",
+        f"- Versions: {versions('torch', 'ilt-audit', optional=('cleanlab',))}",
         f"- Settings: {settings.epochs} epochs, all other training options at their defaults; "
         f"seeds {', '.join(map(str, settings.seeds))}; fractions "
         f"{', '.join(f'{f:.0%}' for f in settings.fractions)}; {seconds / 60:.0f} min of "
@@ -1891,9 +1654,7 @@ def write_report(settings: Settings, records: list[dict[str, Any]], elapsed: flo
     quality = [r for r in records if r["section"] == "quality"]
     device = "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     machine = (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores "
-        f"({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable, "
-        f"torch threads {torch.get_num_threads()}), training on {device}"
+        f"{system()}, {cores(f'torch threads {torch.get_num_threads()}')}, training on {device}"
     )
     run_seconds = sum(r["seconds"] for r in records)
     existing = settings.out_md.read_text(encoding="utf-8") if settings.out_md.is_file() else ""
@@ -1903,10 +1664,9 @@ def write_report(settings: Settings, records: list[dict[str, Any]], elapsed: flo
         "<!-- Generated by benchmarks/detection.py; edit only between the notes markers. -->",
         "",
         f"- Produced by: `{settings.command}`",
-        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {now()}",
         f"- Machine: {machine}",
-        f"- Versions: Python {platform.python_version()}, torch {torch.__version__}, "
-        f"ilt-audit {_version()}{_cleanlab_version()}",
+        f"- Versions: {versions('torch', 'ilt-audit', optional=('cleanlab',))}",
         f"- Settings: {settings.epochs} epochs (library default {TrainConfig().epochs}), all other "
         f"training options at their defaults; seeds {', '.join(map(str, settings.seeds))}; "
         f"fractions {', '.join(f'{f:.0%}' for f in settings.fractions)}; corruption modes "
@@ -1955,20 +1715,6 @@ def write_report(settings: Settings, records: list[dict[str, Any]], elapsed: flo
     for kept in foreign_blocks(existing, {NOTES}):  # other scripts' blocks (throughput, ...)
         out += [kept, ""]
     return "\n".join(out)
-
-
-def _version() -> str:
-    import ilt_audit
-
-    return ilt_audit.__version__
-
-
-def _cleanlab_version() -> str:
-    try:
-        import cleanlab
-    except ImportError:
-        return ""
-    return f", cleanlab {cleanlab.__version__}"
 
 
 def _score_table(records: list[dict[str, Any]]) -> Table | None:

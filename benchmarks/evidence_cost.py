@@ -21,11 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _shared import OUT_MD, ROOT, write_block  # noqa: E402
 
-from _markdown import write_block  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 BASE = "0ba9fa8"  # the last commit before the evidence columns
 EPOCH = """
 import json, sys, tempfile
@@ -57,7 +55,7 @@ def main() -> None:
     parser.add_argument("--base", default=BASE, help=f"the earlier commit (default {BASE})")
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
-    parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--out-md", type=Path, default=OUT_MD)
     parser.add_argument(
         "--features-card",
         type=Path,

@@ -37,26 +37,12 @@ import torch
 from ilt_audit.audit.evaluation import detection_metrics
 from ilt_audit.audit.ranking import scores
 from ilt_audit.corruption.planting import corrupt
-from ilt_audit.dataset import load_dataset
+from ilt_audit.dataset import load_dataset, open_dataset
+from ilt_audit.dataset.derived import write_split_card
 from ilt_audit.training.loop import TrainConfig, predict, saved_normalisation, train
 
-
-def digits_card(folder: Path) -> Path:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(x / 16.0, columns=[f"p{i:02d}" for i in range(x.shape[1])])
-    frame.insert(0, "id", [f"d{i:04d}" for i in range(len(y))])
-    frame["digit"] = y
-    frame.to_csv(folder / "manifest.csv", index=False)
-    card = folder / "card.toml"
-    card.write_text(
-        'table = "manifest.csv"\nid = "id"\n\n[input]\ntype = "features"\nprefix = "p"\n\n'
-        '[tasks.digit]\ntype = "classification"\ncolumn = "digit"\n',
-        encoding="utf-8",
-    )
-    return card
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _shared import fresh, write_digits  # noqa: E402
 
 
 def _quiet_train(card: Path, out: Path, config: TrainConfig) -> None:
@@ -68,25 +54,19 @@ def second_round(
     card: Path, first: np.ndarray, work: Path, *, keep: float, folds: int, seed: int
 ) -> np.ndarray:
     """Out-of-sample losses of every row under models trained on round 1's trusted rows."""
-    manifest = pd.read_csv(card.parent / "manifest.csv", dtype={"id": str})
+    manifest = open_dataset(card).manifest
+    n = len(manifest.ids)
     trusted = first <= np.quantile(first, keep)
-    fold = np.random.default_rng(seed).integers(0, folds, size=len(manifest))
-    total, count = np.zeros(len(manifest)), np.zeros(len(manifest))
-    text = card.read_text(encoding="utf-8").replace('id = "id"\n', 'id = "id"\nsplit = "split"\n')
+    fold = np.random.default_rng(seed).integers(0, folds, size=n)
+    total, count = np.zeros(n), np.zeros(n)
     for f in range(folds):
-        folder = work / f"fold{f}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        split = np.where(trusted & (fold != f), "train", "val")
-        manifest.assign(split=split).to_csv(folder / "manifest.csv", index=False)
-        (folder / "card.toml").write_text(text, encoding="utf-8")
-        _quiet_train(folder / "card.toml", folder / "run", TrainConfig(seed=seed))
-        data = load_dataset(
-            folder / "card.toml", norm=saved_normalisation(folder / "run"), scan=False
-        )
+        folder = fresh(work / f"fold{f}")
+        held = ~(trusted & (fold != f))  # the rows this fold's model does not train on
+        fold_card = write_split_card(manifest, folder / "card.toml", held)
+        _quiet_train(fold_card, folder / "run", TrainConfig(seed=seed))
+        data = load_dataset(fold_card, norm=saved_normalisation(folder / "run"), scan=False)
         logits = predict(folder / "run", data, torch.arange(len(data.ids)))["digit"]
         loss = torch.nn.functional.cross_entropy(logits, data.table["digit"], reduction="none")
-        held = split == "val"
         total[held] += loss.numpy()[held]
         count[held] += 1
     return total / count
@@ -101,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=2)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     work = Path(tempfile.mkdtemp(prefix="ilt-audit-second-round-"))
-    clean = digits_card(work / "clean")
+    clean = work / "clean" / "card.toml"
+    write_digits(clean)
     for seed in (int(s) for s in args.seeds.split(",")):
         noisy = corrupt(
             clean, tasks=["digit"], fraction=args.fraction, seed=seed, mode=args.mode,
@@ -109,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         _quiet_train(noisy.card_path, work / f"run{seed}", TrainConfig(seed=seed))
         first = scores(work / f"run{seed}").set_index("id").score
-        ids = pd.read_csv(noisy.card_path.parent / "manifest.csv", dtype={"id": str}).id
+        ids = open_dataset(noisy.card_path).manifest.ids
         truth = pd.read_parquet(noisy.truth_path).set_index("id").loc[ids, "corrupted"]
         first_scores = first.loc[ids].to_numpy()
         second = second_round(

@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -60,8 +59,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 import torch
 import torchvision
 from PIL import Image
@@ -86,13 +83,25 @@ from ilt_audit.training.losses import instance_losses
 from ilt_audit.training.model import ModelConfig, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
-from _markdown import table, write_block  # noqa: E402
+from _shared import (  # noqa: E402
+    FEATURES,
+    OUT_MD,
+    ROOT,
+    command_line,
+    cpu_model,
+    features_card,
+    now,
+    read_proc,
+    rss_kib,
+    system,
+    table,
+    usable_cores,
+    write_block,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "throughput"  # the block of docs/benchmarks.md this script owns
 RESULTS = "throughput.json"
 SEED = 0
-FEATURES, CLASSES = 16, 5
 FEATURE_BATCH = 256
 IMAGE_SIZE = 64  # pixels per side
 SHAPES = ("circle", "square", "triangle")  # mask class = index + 1; 0 is the background
@@ -203,7 +212,7 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--out-md",
         type=Path,
-        default=ROOT / "docs" / "benchmarks.md",
+        default=OUT_MD,
         help=f"the Markdown file whose `{BLOCK}` block is written (default docs/benchmarks.md)",
     )
     args = parser.parse_args(argv)
@@ -234,46 +243,11 @@ def parse_args(argv: list[str]) -> Settings:
         keep=keep,
         out_md=args.out_md,
         quick=args.quick,
-        command=shlex.join(["python", "benchmarks/throughput.py", *argv]),
+        command=command_line("throughput.py", argv),
     )
 
 
 # --- generated data sets --------------------------------------------------------------------
-
-
-def features_card(folder: Path, n: int) -> Path:
-    """A features data set of ``n`` rows: f00..f15, ``kind`` (5 classes) and two regressions.
-
-    ``kind`` is the argmax of a noisy linear map of the features; ``a`` and ``b`` (two columns)
-    are smooth functions of a few features plus noise. The card is written last, so a folder
-    with a card holds a finished data set (and is reused).
-    """
-    card = folder / "card.toml"
-    if card.is_file():
-        return card
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(SEED)
-    x = rng.normal(size=(n, FEATURES)).astype(np.float32)  # (N, F)
-    logits = x @ rng.normal(size=(FEATURES, CLASSES)) + 0.3 * rng.normal(size=(n, CLASSES))
-    kind = logits.argmax(axis=1)  # (N,)
-    columns: dict[str, Any] = {"id": pa.array([f"r{i:07d}" for i in range(n)])}
-    columns |= {f"f{j:02d}": x[:, j] for j in range(FEATURES)}
-    columns["kind"] = pa.array(np.array([f"k{c}" for c in range(CLASSES)])[kind])
-    noise = 0.1 * rng.normal(size=(n, 3)).astype(np.float32)
-    columns["a"] = np.sin(x[:, 0]) + x[:, 1] * x[:, 2] + noise[:, 0]
-    columns["b0"] = x[:, 3] ** 2 - x[:, 4] + noise[:, 1]
-    columns["b1"] = np.tanh(x[:, 5] + x[:, 6]) + noise[:, 2]
-    pa_csv.write_csv(pa.table(columns), folder / "manifest.csv")
-    names = ", ".join(f'"f{j:02d}"' for j in range(FEATURES))
-    card.write_text(
-        'table = "manifest.csv"\nid = "id"\n\n'
-        f'[input]\ntype = "features"\ncolumns = [{names}]\n\n'
-        '[tasks.kind]\ntype = "classification"\ncolumn = "kind"\n\n'
-        '[tasks.a]\ntype = "regression"\ncolumns = ["a"]\n\n'
-        '[tasks.b]\ntype = "regression"\ncolumns = ["b0", "b1"]\n',
-        encoding="utf-8",
-    )
-    return card
 
 
 _PY, _PX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5  # pixel centres, (H, W) each
@@ -346,37 +320,16 @@ def images_card(folder: Path, n: int) -> Path:
 # --- commands in a subprocess, with the memory of their process tree ------------------------
 
 
-def _rss_kib(pid: int) -> int:
-    """VmRSS of one process in KiB (0 once it is gone, or for a zombie).
-
-    Not the PSS of ``/proc/PID/smaps_rollup``, which would count pages shared after ``fork``
-    once: reading it walks every mapping of the process under its memory lock (32 ms a read
-    for a `train` process, measured), which slowed the measured `train` by a quarter when
-    sampled every 0.05 s. ``status`` is read from counters, at no cost to the process."""
-    for line in _read(f"/proc/{pid}/status").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 # Linux lists a process's children in /proc/PID/task/TID/children where the kernel has
 # CONFIG_PROC_CHILDREN (most distributions); elsewhere one scan of /proc/*/stat finds them.
 _CHILDREN_FILES = Path(f"/proc/self/task/{threading.get_native_id()}/children").exists()
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return ""
 
 
 def _all_children() -> dict[int, list[int]]:
     """Every process's children, from one scan of ``/proc/*/stat``."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (stat := _read(f"/proc/{entry.name}/stat")):
+        if entry.name.isdigit() and (stat := read_proc(f"/proc/{entry.name}/stat")):
             ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
             children.setdefault(ppid, []).append(int(entry.name))
     return children
@@ -387,7 +340,9 @@ def _children_of(pid: int) -> list[int]:
         threads = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
-    return [int(c) for tid in threads for c in _read(f"/proc/{pid}/task/{tid}/children").split()]
+    return [
+        int(c) for tid in threads for c in read_proc(f"/proc/{pid}/task/{tid}/children").split()
+    ]
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -396,7 +351,7 @@ def tree_rss_kib(pid: int) -> int:
     total, todo = 0, [pid]
     while todo:
         current = todo.pop()
-        total += _rss_kib(current)
+        total += rss_kib(current)
         todo += _children_of(current) if scanned is None else scanned.get(current, [])
     return total
 
@@ -906,24 +861,13 @@ def images_section(settings: Settings, records: list[dict[str, Any]]) -> list[st
     ]
 
 
-def cpu_model() -> str:
-    """The CPU's model name, from ``/proc/cpuinfo`` where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(settings: Settings) -> dict[str, Any]:
     device = resolve_device(settings.device)
     return {
-        "system": f"{platform.system()} {platform.machine()}",
+        "system": system(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "device": f"CUDA: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU",
         "python": platform.python_version(),
@@ -957,7 +901,7 @@ def report(settings: Settings, data: dict[str, Any]) -> str:
             if settings.quick
             else ""
         ),
-        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {now()}",
         f"- Machine: {m['system']}, {m['cpu']}, {m['cores']} CPU cores ({m['usable_cores']} "
         f"usable, torch threads {m['torch_threads']}), training on {m['device']}",
         f"- Versions: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "

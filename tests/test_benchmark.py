@@ -13,9 +13,10 @@ import pytest
 from helpers_scripts import load_script
 from PIL import Image
 
+from ilt_audit.audit.baselines import ceiling_folds
 from ilt_audit.audit.evaluation import evaluate
 from ilt_audit.corruption.planting import read_truth
-from ilt_audit.dataset.manifest import load_manifest
+from ilt_audit.dataset import open_dataset
 from ilt_audit.run.trajectories import read_trajectories
 
 
@@ -178,7 +179,7 @@ def test_benchmark_digits_is_a_features_card_from_scikit_learn(bench, tmp_path: 
         "--workdir", str(workdir), "--out-md", str(out_md),
     ]  # fmt: skip
     assert bench.main(args) == 0
-    manifest = load_manifest(workdir / "samples" / "digits" / "card.toml")
+    manifest = open_dataset(workdir / "samples" / "digits" / "card.toml").manifest
     pixels = manifest.frame[list(manifest.input_columns)].to_numpy()
     assert pixels.shape == (1797, 64) and pixels.min() == 0.0 and pixels.max() == 1.0
     assert manifest.class_names["digit"] == tuple(str(d) for d in range(10))
@@ -239,7 +240,8 @@ def test_benchmark_fashion_is_an_image_card_from_the_idx_files(
     labels = np.arange(12) % 10
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
-    monkeypatch.setattr(bench, "FASHION_DIR", tmp_path)
+    shared = sys.modules["_shared"]  # the benchmarks' helpers, as detection.py imported them
+    monkeypatch.setattr(shared, "FASHION_DIR", tmp_path)
     workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
     args = [
         "--samples", "fashion", "--fashion-n", "10", "--seeds", "1", "--fractions", "0.4",
@@ -248,9 +250,9 @@ def test_benchmark_fashion_is_an_image_card_from_the_idx_files(
     ]  # fmt: skip
     assert bench.main(args) == 0
     # another size than the default is another sample, so --resume never mixes the two
-    manifest = load_manifest(workdir / "samples" / "fashion-10" / "card.toml")
-    assert manifest.class_names["item"] == bench.FASHION_CLASSES
-    assert list(manifest.frame["item"]) == [bench.FASHION_CLASSES[k] for k in labels[:10]]
+    manifest = open_dataset(workdir / "samples" / "fashion-10" / "card.toml").manifest
+    assert manifest.class_names["item"] == shared.FASHION_CLASSES
+    assert list(manifest.frame["item"]) == [shared.FASHION_CLASSES[k] for k in labels[:10]]
     root = workdir / "samples" / "fashion-10"
     for i, path in enumerate(manifest.frame["image"]):
         assert np.array_equal(np.asarray(Image.open(root / path)), images[i])
@@ -258,13 +260,13 @@ def test_benchmark_fashion_is_an_image_card_from_the_idx_files(
     assert {(r["sample"], r["task"]) for r in records} == {("fashion-10", "item")}
 
     with pytest.raises(SystemExit, match="--fashion-n 13: .* holds 12 images"):
-        bench.write_fashion(tmp_path / "more" / "card.toml", n=13)
+        shared.write_fashion(tmp_path / "more" / "card.toml", n=13)
 
 
 def test_benchmark_refuses_fashion_without_the_debian_package(
     bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench, "FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sys.modules["_shared"], "FASHION_DIR", tmp_path / "absent")
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(["--samples", "shapes,fashion", "--out-md", str(tmp_path / "x.md")])
     assert exit_info.value.code == 2
@@ -294,10 +296,12 @@ def test_the_ceiling_scores_each_label_by_a_network_that_never_saw_it(
 
     # one set of fold networks serves both modes; none was trained on the rows it scores
     settings = bench.parse_args(args)
-    folds = bench.ceiling_folds(settings, settings.samples[0], 0, bench.Outcome())
-    assert len(folds) == bench.FOLDS
+    sample = settings.samples[0]
+    config = settings.base_config(0, "equal")
+    folds = ceiling_folds(sample.card, bench.ceiling_folder(settings, sample, 0), config=config)
+    assert len(folds) == bench.FOLDS and not any(fold.trained for fold in folds)  # found
     assert len(list((workdir / bench.CEILING).rglob("fold-*.json"))) == bench.FOLDS
-    ids = load_manifest(settings.samples[0].card).ids
+    ids = open_dataset(sample.card).manifest.ids
     held_out = [{ids[row] for row in fold.held_out} for fold in folds]
     assert set().union(*held_out) == set(ids) and sum(map(len, held_out)) == len(ids)
     for fold, scored in zip(folds, held_out, strict=True):

@@ -44,13 +44,15 @@ def test_readers_benchmark_replaces_its_block_and_keeps_the_rest(bench, tmp_path
     run = tmp_path / "work" / f"n{n}-e{bench.QUICK_EPOCHS}" / "run"
     assert sorted(epoch_files(run)) == list(range(1, bench.QUICK_EPOCHS + 1))
     first = rank(run, task="label", top=1)
-    assert first.score.iloc[0] > 0 and first.label.iloc[0] in bench.CLASSES
+    assert (
+        first.score.iloc[0] > 0 and first.label.iloc[0] in sys.modules["_shared"].SYNTHETIC_CLASSES
+    )
 
 
 def test_a_built_run_is_reused(bench, tmp_path: Path) -> None:
-    case = bench.build(tmp_path / "case", 50, 2)
+    case = bench.build_synthetic_run(tmp_path / "case", 50, 2)
     stamp = [p.stat().st_mtime_ns for p in sorted((case.run / "trajectories").iterdir())]
-    again = bench.build(tmp_path / "case", 50, 2)
+    again = bench.build_synthetic_run(tmp_path / "case", 50, 2)
     assert [p.stat().st_mtime_ns for p in sorted((again.run / "trajectories").iterdir())] == stamp
-    bench.build(tmp_path / "case", 50, 3)  # other sizes: built anew
+    bench.build_synthetic_run(tmp_path / "case", 50, 3)  # other sizes: built anew
     assert sorted(epoch_files(case.run)) == [1, 2, 3]

@@ -14,8 +14,7 @@ from helpers_scripts import load_script
 def bench():
     yield load_script("benchmarks/scaling.py", "bench_scaling")
     sys.modules.pop("bench_scaling", None)
-    sys.modules.pop("throughput", None)
-    sys.modules.pop("_markdown", None)
+    sys.modules.pop("_shared", None)
 
 
 def test_scaling_benchmark_writes_one_row_per_process_count(bench, tmp_path: Path) -> None:

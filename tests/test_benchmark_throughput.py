@@ -28,8 +28,8 @@ Tail text.
 
 @pytest.fixture(scope="module")
 def md():
-    yield load_script("benchmarks/_markdown.py", "bench_markdown")
-    sys.modules.pop("bench_markdown", None)
+    yield load_script("benchmarks/_shared.py", "bench_shared")
+    sys.modules.pop("bench_shared", None)
 
 
 def test_a_block_is_replaced_where_it_stands_and_nothing_else_moves(md) -> None:
