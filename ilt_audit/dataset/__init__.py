@@ -9,7 +9,8 @@
 - :mod:`~ilt_audit.dataset.record`: what a run records of its inputs, so that ``--resume``
   refuses data that changed;
 - :mod:`~ilt_audit.dataset.loader`: the validated data set and its batches;
-- :mod:`~ilt_audit.dataset.derived`: writing a corrupted or corrected copy of a dataset;
+- :mod:`~ilt_audit.dataset.derived`: writing a corrupted or corrected copy of a dataset, or one
+  with a train/val split column added (cross-validation folds);
 - :mod:`~ilt_audit.dataset.layouts`: reading a folder or a table into a new card (``init``).
 
 May import: :mod:`ilt_audit.internal` and :mod:`ilt_audit.errors` only (it is the first stage;
