@@ -131,12 +131,12 @@ def depth_rgb(depth: np.ndarray, low: float, high: float) -> np.ndarray:
 def legend(task: TaskSpec) -> list[tuple[str, str]]:
     """A segmentation task's classes with a swatch of their colour each (a tiny PNG: the page's
     policy allows no inline style)."""
-    if task.type != "segmentation":
+    if task.type != "segmentation" or task.classes is None:
         return []
     names = (
-        list(task.classes)
-        if isinstance(task.classes, tuple)
-        else list(map(str, range(task.class_count)))
+        [str(c) for c in range(task.classes)]
+        if isinstance(task.classes, int)
+        else list(task.classes)
     )
     colours = class_colours(len(names))
     return [

@@ -98,7 +98,8 @@ def read_cityscapes(
     draft: Draft, path: Path, folder: Path, dirs: list[str], files: list[str]
 ) -> None:
     """Fill ``draft`` from a Cityscapes root folder (``folder``, resolved; ``path`` as given)."""
-    splits = _splits(draft, path, folder)
+    found = folders_in(folder / "leftImg8bit")
+    splits = _splits(draft, path, folder, found)
     disparity = "disparity" in dirs
     rows: list[dict[str, str]] = []
     seen: dict[str, str] = {}
@@ -149,6 +150,19 @@ def read_cityscapes(
         + ", ".join(f"{counts.get(s, 0):,} {s}" for s in splits)
         + f" images in {frame['image'].str.split('/').str[2].nunique()} cities",
     )
+    if "test" in found:
+        draft.note(
+            "leftImg8bit/test/",
+            "left out",
+            "the test split's labels are not public (the benchmark's server holds them)",
+        )
+    others = [s for s in found if s not in (*SPLITS, "test")]
+    if others:
+        draft.note(
+            ", ".join(f"leftImg8bit/{s}/" for s in others),
+            "left out",
+            "not a split with fine labels (train, val)",
+        )
     draft.note("id", "id", f"each image's name without {IMAGE_SUFFIX} (city_sequence_frame)")
     draft.note("image", "input: image", first_size(folder / rows[0]["image"]))
     draft.note(
@@ -179,26 +193,13 @@ def read_cityscapes(
     draft.manifest = frame
 
 
-def _splits(draft: Draft, path: Path, folder: Path) -> list[str]:
-    found = folders_in(folder / "leftImg8bit")
+def _splits(draft: Draft, path: Path, folder: Path, found: list[str]) -> list[str]:
+    """The labelled splits there are (train, val), each with its gtFine folder."""
     splits = [s for s in SPLITS if s in found]
     if not splits:
         raise draft.fail(
             f"{path / 'leftImg8bit'}: no train/ or val/ folder; Cityscapes' labelled splits are "
             "leftImg8bit/train/ and leftImg8bit/val/"
-        )
-    if "test" in found:
-        draft.note(
-            "leftImg8bit/test/",
-            "left out",
-            "the test split's labels are not public (the benchmark's server holds them)",
-        )
-    others = [s for s in found if s not in (*SPLITS, "test")]
-    if others:
-        draft.note(
-            ", ".join(f"leftImg8bit/{s}/" for s in others),
-            "left out",
-            "not a split with fine labels (train, val)",
         )
     for split in splits:
         if not (folder / "gtFine" / split).is_dir():
