@@ -324,12 +324,12 @@ def _model_inputs(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
 
 def _read_label_file(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
     # ilt_audit.dataset.loader imports torch; importing it here keeps read_truth (and evaluation) light
-    from ilt_audit.dataset.files import read_depth, read_mask
+    from ilt_audit.dataset.files import read_label
 
     value = manifest.frame.at[row, task.column]
     path = manifest.file_path(value)
     try:
-        array = read_mask(path) if task.type == "segmentation" else read_depth(path, task.scale)
+        array = read_label(task, path)  # classes, or values in the label's units (NaN: invalid)
     except (ValueError, OSError, UnidentifiedImageError) as exc:
         raise _row_error(manifest, row, task, f"cannot read the {task.type} map ({exc})") from None
     return array
@@ -415,19 +415,21 @@ def _plan_maps(
 def _check_mask(
     manifest: Manifest, task: TaskSpec, row: int, mask: np.ndarray, stats: _MapStats
 ) -> None:
-    assert isinstance(task.classes, int)
-    outside = _labelled(task, mask) & ((mask < 0) | (mask >= task.classes))
+    count = task.class_count
+    outside = _labelled(task, mask) & ((mask < 0) | (mask >= count))
     if outside.any():
-        why = f"mask value {int(mask[outside][0])} is outside the classes 0..{task.classes - 1}"
+        why = f"mask value {int(mask[outside][0])} is outside the classes 0..{count - 1}"
         raise _row_error(manifest, row, task, why)
 
 
 def _check_depth(
     manifest: Manifest, task: TaskSpec, row: int, array: np.ndarray, stats: _MapStats
 ) -> None:
-    if not np.isfinite(array).all():
+    if np.isinf(array).any() or (task.invalid is None and np.isnan(array).any()):
         raise _row_error(manifest, row, task, "the map contains NaN or infinite values")
-    values = array.astype(np.float64)
+    values = array[~np.isnan(array)].astype(np.float64)  # NaN: a pixel without a target
+    if not values.size:
+        return
     stats.high = max(stats.high, float(values.max()))
     stats.total += float(values.sum())
     stats.total_sq += float(np.square(values).sum())
@@ -450,6 +452,8 @@ def _rewrite_maps(
         rng: np.random.Generator,
         setting: Setting,
     ) -> list[str]:
+        from ilt_audit.dataset.files import stored_mask  # imports torch: only when maps change
+
         details = []
         for row in track(rows, f"Corrupting {task.name}", total=len(rows)):
             old = _read_label_file(output.manifest, task, row)  # (H, W)
@@ -457,12 +461,14 @@ def _rewrite_maps(
             assert new.shape == old.shape and (new != old).any()
             details.append(detail)
             if task.type == "segmentation":
+                new = stored_mask(task, new)  # through the card's label_map, if it has one
                 dtype = np.uint8 if new.max() <= 255 else np.uint16  # uint16: a 16-bit PNG
                 save = partial(save_png, new, dtype)
                 output.write_file(task, row, ".png", save)
             else:
-                # A 16-bit PNG map is read divided by the task's scale; the new .npy holds those
-                # values and read_depth never scales a .npy, so the card keeps its scale.
+                # A 16-bit PNG map is read as (value - offset) / scale, NaN where it stores the
+                # card's invalid; the new .npy holds those values (NaN still meaning no target)
+                # and read_depth takes a .npy as it is, so the card keeps scale, offset, invalid.
                 output.write_file(task, row, ".npy", partial(save_npy, new.astype(np.float32)))
         return details
 
@@ -520,8 +526,7 @@ def _permute_masks(
     rng: np.random.Generator,
     setting: Setting,
 ) -> list[str]:
-    assert isinstance(task.classes, int)
-    perm = _derangement(task.classes, rng)  # one for the task, as in the paper
+    perm = _derangement(task.class_count, rng)  # one for the task, as in the paper
     return _rewrite_maps(_permute_mask)(output, task, perm, rows, rng, setting)
 
 

@@ -18,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -76,13 +78,22 @@ class TaskSpec:
     name: str
     type: str  # one of TASK_TYPES
     columns: tuple[str, ...]
-    classes: int | tuple[str, ...] | None = None  # declared class set, if any
+    classes: int | tuple[str, ...] | None = None  # declared class set (a count or names), if any
     ignore_index: int | None = None  # segmentation: pixels with this value carry no label
-    scale: float = 1.0  # dense-regression from 16-bit PNG: stored value / scale
+    scale: float = 1.0  # dense-regression from 16-bit PNG: (stored value - offset) / scale
+    label_map: tuple[int, ...] | None = None  # segmentation: the class of stored value 0, 1, …
+    offset: float = 0.0  # dense-regression from 16-bit PNG: subtracted before the scale
+    invalid: int | None = None  # dense-regression: a PNG's stored value for "no target here"
 
     @property
     def column(self) -> str:
         return self.columns[0]
+
+    @property
+    def class_count(self) -> int:
+        """How many classes a task that declares them has (a segmentation task always does)."""
+        assert self.classes is not None
+        return len(self.classes) if isinstance(self.classes, tuple) else self.classes
 
     @property
     def dense(self) -> bool:
@@ -315,20 +326,22 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
         raise CardError(f'{where}: missing {key} = "<column name>"')
 
     classes = spec.get("classes")
-    if kind == "segmentation":
-        if not isinstance(classes, int) or classes < 2:
+    if kind == "segmentation" and classes is None:
+        raise CardError(
+            f"{where}: segmentation needs classes = <number of classes, at least 2> or the list "
+            "of their names"
+        )
+    if classes is not None:
+        if kind not in ("classification", "segmentation"):
             raise CardError(
-                f"{where}: segmentation needs classes = <number of classes, at least 2>"
+                f"{where}: 'classes' applies only to classification and segmentation tasks"
             )
-    elif kind == "classification" and classes is not None:
         if isinstance(classes, list) and len(classes) >= 2:
-            classes = tuple(str(c) for c in classes)
-        elif not (isinstance(classes, int) and classes >= 2):
+            classes = tuple(str(c) for c in classes)  # a segmentation's names: class 0, 1, …
+        elif isinstance(classes, bool) or not (isinstance(classes, int) and classes >= 2):
             raise CardError(
-                f"{where}: classes must be a count (>= 2) or a list of labels, got {classes!r}"
+                f"{where}: classes must be a count (>= 2) or a list of names, got {classes!r}"
             )
-    elif classes is not None:
-        raise CardError(f"{where}: 'classes' applies only to classification and segmentation tasks")
 
     ignore_index = spec.get("ignore_index")
     if ignore_index is not None and (kind != "segmentation" or not isinstance(ignore_index, int)):
@@ -336,4 +349,68 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
     scale = spec.get("scale", 1.0)
     if not isinstance(scale, int | float) or scale <= 0:
         raise CardError(f"{where}: scale must be a positive number, got {scale!r}")
-    return TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale))
+    task = TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale))
+    return _parse_encoding(where, task, spec)
+
+
+def _parse_encoding(where: str, task: TaskSpec, spec: dict[str, Any]) -> TaskSpec:
+    """How a dense task's files store its labels: a mask's ``label_map`` (the class of each
+    stored value), a 16-bit map's ``offset`` and the ``invalid`` value it stores where it has
+    none. Read where each file is decoded (:func:`ilt_audit.dataset.files.read_label`)."""
+    for key, kind in _ENCODING_KEYS.items():
+        if key in spec and task.type != kind:
+            raise CardError(f"{where}: {key!r} applies only to {kind} tasks")
+    if task.type == "segmentation" and "label_map" in spec:
+        return dataclasses.replace(task, label_map=_parse_label_map(where, task, spec["label_map"]))
+    offset = spec.get("offset", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+        raise CardError(f"{where}: offset must be a number, got {offset!r}")
+    invalid = spec.get("invalid")
+    if invalid is not None and (isinstance(invalid, bool) or not isinstance(invalid, int)):
+        raise CardError(
+            f"{where}: invalid must be the integer a map stores where it has no value, got "
+            f"{invalid!r}"
+        )
+    return dataclasses.replace(task, offset=float(offset), invalid=invalid)
+
+
+_ENCODING_KEYS = {
+    "label_map": "segmentation",
+    "offset": "dense-regression",
+    "invalid": "dense-regression",
+}
+MAX_STORED = 65_536  # a mask is an 8- or 16-bit PNG: a label_map has at most this many entries
+
+
+def _parse_label_map(where: str, task: TaskSpec, label_map: Any) -> tuple[int, ...]:
+    """A segmentation task's ``label_map``: entry ``v`` is the class (or the ``ignore_index``)
+    of the pixels that store ``v``; every class, and the ``ignore_index``, is some value's."""
+    if (
+        not isinstance(label_map, list)
+        or not label_map
+        or len(label_map) > MAX_STORED
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in label_map)
+    ):
+        raise CardError(
+            f"{where}: label_map must be a list of integers, the class of each stored value "
+            f"0, 1, 2, … (at most {MAX_STORED:,})"
+        )
+    count = task.class_count
+    allowed = set(range(count)) | ({task.ignore_index} if task.ignore_index is not None else set())
+    bad = next((v for v in label_map if v not in allowed), None)
+    if bad is not None:
+        ignore = (
+            f" or the ignore_index {task.ignore_index}" if task.ignore_index is not None else ""
+        )
+        raise CardError(
+            f"{where}: label_map maps stored value {label_map.index(bad)} to {bad}, which is not "
+            f"a class (0..{count - 1}){ignore}"
+        )
+    missing = sorted(allowed - set(label_map))
+    if missing:
+        raise CardError(
+            f"{where}: label_map gives no stored value to {missing[0]}: every class"
+            + (" and the ignore_index" if task.ignore_index is not None else "")
+            + " must be some stored value's (fixed and corrected masks are written with it)"
+        )
+    return tuple(label_map)

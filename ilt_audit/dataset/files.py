@@ -117,7 +117,7 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a segmentation mask PNG as (H, W) class indices (palette PNGs give their indices).
+    """Read a segmentation mask PNG as (H, W) stored values (palette PNGs give their indices).
 
     ``shape`` (H, W), when given, is checked against the header before decoding.
     """
@@ -129,8 +129,16 @@ def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
         return np.asarray(img).astype(np.int64)
 
 
-def read_depth(path: Path, scale: float = 1.0, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a dense-regression map: a .npy float array, or a 16-bit PNG divided by ``scale``.
+def read_depth(
+    path: Path,
+    scale: float = 1.0,
+    shape: tuple[int, int] | None = None,
+    *,
+    offset: float = 0.0,
+    invalid: int | None = None,
+) -> np.ndarray:
+    """Read a dense-regression map: a .npy float array as it is, or a PNG's stored values as
+    ``(value - offset) / scale``, NaN where it stores ``invalid`` (no target there).
 
     ``shape`` (H, W), when given, is checked against the file's header before reading its data.
     """
@@ -138,12 +146,61 @@ def read_depth(path: Path, scale: float = 1.0, shape: tuple[int, int] | None = N
         array = _read_npy(path, shape)
     else:
         with open_image(path, shape) as img:
-            array = np.asarray(img).astype(np.float64) / scale
+            stored = np.asarray(img)
+        array = (stored.astype(np.float64) - offset) / scale
+        if invalid is not None:
+            array[stored == invalid] = np.nan
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"expected a 2-D numeric array, got shape {array.shape} of {array.dtype}")
     return array.astype(np.float32)
+
+
+class LabelValueError(ValueError):
+    """A mask stores a value its card's ``label_map`` does not list."""
+
+
+def read_label(task: TaskSpec, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A dense task's label file as the card says to read it: a mask's classes (int64, through
+    its ``label_map``), or a map's values in the label's units (float32, NaN where ``invalid``).
+
+    The one reader of label files: training, ``corrupt``, ``fix``, the report and the review app
+    all see the same labels. Raises ``ValueError`` (:class:`ShapeMismatch`,
+    :class:`LabelValueError`) or ``OSError``.
+
+    Example:
+        >>> task = open_dataset("cityscapes.toml").card.task("seg")  # doctest: +SKIP
+        >>> mask = Path("gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png")
+        >>> read_label(task, mask)  # doctest: +SKIP
+    """
+    if task.type == "dense-regression":
+        return read_depth(path, task.scale, shape, offset=task.offset, invalid=task.invalid)
+    stored = read_mask(path, shape)
+    if task.label_map is None:
+        return stored
+    lut = np.asarray(task.label_map, dtype=np.int64)
+    beyond = stored >= len(lut)
+    if beyond.any():
+        raise LabelValueError(
+            f"mask value {int(stored[beyond][0])} is not in the card's label_map "
+            f"(stored values 0..{len(lut) - 1})"
+        )
+    return lut[stored]
+
+
+def stored_mask(task: TaskSpec, classes: np.ndarray) -> np.ndarray:
+    """A mask of classes as its task's files store it: through the inverse of the card's
+    ``label_map``, each class written as the first stored value that maps to it (as
+    cityscapesScripts' ``labels.py`` inverts its trainIds), so that :func:`read_label` reads the
+    same classes back. How ``corrupt`` and ``fix`` write new masks."""
+    if task.label_map is None:
+        return classes
+    lut = np.asarray(task.label_map, dtype=np.int64)
+    values, first = np.unique(lut, return_index=True)  # each class's first stored value
+    inverse = np.zeros(int(values[-1]) + 1, dtype=np.int64)
+    inverse[values] = first
+    return inverse[classes]  # every class and the ignore_index has a stored value (the card)
 
 
 _NPY_HEADERS = {
@@ -181,9 +238,8 @@ def _read_npy(path: Path, shape: tuple[int, int] | None) -> np.ndarray:
 
 def mask_dtype(task: TaskSpec) -> torch.dtype:
     """The smallest type that holds a task's mask values: uint8, else int16."""
-    assert isinstance(task.classes, int)
     ignore = task.ignore_index
-    if task.classes <= 256 and (ignore is None or 0 <= ignore <= 255):
+    if task.class_count <= 256 and (ignore is None or 0 <= ignore <= 255):
         return torch.uint8
     return torch.int16
 
@@ -313,33 +369,31 @@ class RowFiles:
         """The row's map of a dense task, checked and at the common size: (H, W)."""
         path = self.path(task.column, row)
         try:
-            if task.type == "segmentation":
-                array = read_mask(path, own)
-            else:
-                array = read_depth(path, task.scale, own)
+            array = read_label(task, path, own)
         except FileNotFoundError:
             raise RowProblem(task.column, "file not found") from None
-        except ShapeMismatch as exc:  # found in the header, before the map is decoded
+        except (ShapeMismatch, LabelValueError) as exc:  # the size is found in the header
             raise RowProblem(task.column, str(exc)) from None
         except DECODE_ERRORS as exc:
             raise RowProblem(task.column, f"cannot read the {task.type} map ({exc})") from None
         if task.type == "segmentation":
-            assert isinstance(task.classes, int)
+            count = task.class_count
             valid = array != task.ignore_index if task.ignore_index is not None else True
-            outside = valid & ((array < 0) | (array >= task.classes))
+            outside = valid & ((array < 0) | (array >= count))
             if outside.any():
                 raise RowProblem(
                     task.column,
-                    f"mask value {int(array[outside][0])} is outside the classes "
-                    f"0..{task.classes - 1}",
+                    f"mask value {int(array[outside][0])} is outside the classes 0..{count - 1}",
                 )
             tensor = torch.from_numpy(array).to(mask_dtype(task))
             mode = InterpolationMode.NEAREST
         else:
-            if not np.isfinite(array).all():
+            # NaN marks a pixel without a target where the card says which value does (invalid)
+            bad = np.isinf(array) if task.invalid is not None else ~np.isfinite(array)
+            if bad.any():
                 raise RowProblem(task.column, "the map contains NaN or infinite values")
             tensor = torch.from_numpy(array)
-            mode = InterpolationMode.BILINEAR
+            mode = InterpolationMode.BILINEAR  # a pixel interpolated from an invalid one is NaN
         if self.size is not None and own != self.size:
             tensor = TF.resize(tensor[None], list(self.size), interpolation=mode, antialias=False)[
                 0
@@ -388,6 +442,8 @@ class _FileScan(torch.utils.data.Dataset[tuple[int, str | None, np.ndarray]]):
             stats[6] = pixels.shape[1]
             for j, task in enumerate(self.depth):
                 values = maps[task.name].double()
+                if task.invalid is not None:  # the pixels that have a target
+                    values = values[~values.isnan()]
                 stats[7 + 3 * j : 10 + 3 * j] = [
                     float(values.sum()),
                     float((values * values).sum()),

@@ -96,8 +96,7 @@ class Dataset:
         if task.type == "classification":
             return len(self.manifest.class_names[task.name])
         if task.type == "segmentation":
-            assert isinstance(task.classes, int)
-            return task.classes
+            return task.class_count
         if task.type == "regression":
             return len(task.columns)
         return 1

@@ -63,6 +63,7 @@ from ilt_audit.review.instances import (
     Numbers,
     PredictionsUnavailable,
     Predictor,
+    depth_range,
     depth_rgb,
     error_rate_text,
     feature_text,
@@ -394,7 +395,7 @@ class Review:
                 view["outline"] = png_uri(outline_rgb(picture, mask, guess, task, PICTURE), PICTURE)
         else:
             depth = label_map(self.manifest, task, row)
-            low, high = float(depth.min()), float(depth.max())  # the label's range colours both
+            low, high = depth_range(depth)  # the label's range colours both
             view["label_map"] = png_uri(depth_rgb(depth, low, high), PICTURE)
             view["prediction_map"] = (
                 png_uri(depth_rgb(guess, low, high), PICTURE) if guess is not None else None

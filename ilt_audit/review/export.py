@@ -113,11 +113,11 @@ def _numbers(row: _Row) -> list[dict[str, Any]]:
 
 
 def _brushes(row: _Row) -> list[dict[str, Any]]:
-    from ilt_audit.dataset.files import DECODE_ERRORS, read_mask
+    from ilt_audit.dataset.files import DECODE_ERRORS, read_label
 
     path = row.manifest.file_path(row.cell(row.task.column))
     try:
-        mask = read_mask(path)  # (H, W) class indices
+        mask = read_label(row.task, path)  # (H, W) class indices
     except DECODE_ERRORS as exc:
         raise CardError(
             f"{row.manifest.card.table_path}: row id {row.id!r}: column {row.task.column!r}: "
@@ -155,8 +155,7 @@ def _numbers_xml(view: ET.Element, task: TaskSpec, manifest: Manifest) -> None:
 
 def _brushes_xml(view: ET.Element, task: TaskSpec, manifest: Manifest) -> None:
     labels = ET.SubElement(view, "BrushLabels", name=task.name, toName=INPUT)
-    assert isinstance(task.classes, int)  # a segmentation card declares its class count
-    for value in range(task.classes):
+    for value in range(task.class_count):  # a segmentation card declares its classes
         if value != BACKGROUND and value != task.ignore_index:
             ET.SubElement(labels, "Label", value=str(value))
 

@@ -251,10 +251,14 @@ def _relabel_numbers(output: Output, task: TaskSpec, relabel: Relabel, _: Predic
 def _relabel_map(
     output: Output, task: TaskSpec, relabel: Relabel, predictions: Predictions
 ) -> None:
-    """The model's prediction as a new file: a PNG of class indices, or a float32 ``.npy``."""
+    """The model's prediction as a new file: a PNG of class indices (stored through the card's
+    ``label_map``, if it has one), or a float32 ``.npy``."""
+    from ilt_audit.dataset.files import stored_mask
+
     for row, _ in relabel:
         new = predictions[task.name, row]  # (H, W)
         if task.type == "segmentation":
+            new = stored_mask(task, new)
             dtype = np.uint8 if new.max() <= 255 else np.uint16  # uint16: a 16-bit PNG
             output.write_file(task, row, ".png", partial(save_png, new, dtype))
         else:

@@ -114,8 +114,16 @@ def mask_rgba(mask: np.ndarray, task: TaskSpec) -> np.ndarray:
     return rgba
 
 
+def depth_range(depth: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest value of a depth label, leaving out its pixels without one (NaN);
+    ``(0, 0)`` for a map with none."""
+    values = depth[~np.isnan(depth)]
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+
+
 def depth_rgb(depth: np.ndarray, low: float, high: float) -> np.ndarray:
-    """A depth map through the viridis colormap, ``low``..``high`` spanning it."""
+    """A depth map through the viridis colormap, ``low``..``high`` spanning it; pixels without a
+    value (NaN) black."""
     scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
     return (colormaps["viridis"](np.clip(scaled, 0, 1))[..., :3] * 255).astype(np.uint8)
 
@@ -252,19 +260,13 @@ def label_numbers(manifest: Manifest, task: TaskSpec, row: int) -> Numbers:
 
 
 def label_map(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
-    """The mask (class indices) or depth map (the label's units) of a dense task's row."""
-    from ilt_audit.dataset.files import read_depth, read_mask
+    """The mask (class indices) or depth map (the label's units, NaN where it has none) of a
+    dense task's row."""
+    from ilt_audit.dataset.files import read_label
 
-    value = manifest.frame.iloc[row][task.column]
-    path = manifest.file_path(value)
-    if task.type == "segmentation":
-        return np.asarray(
-            read_row_file(manifest, manifest.ids[row], task.column, lambda: read_mask(path))
-        )
+    path = manifest.file_path(manifest.frame.iloc[row][task.column])
     return np.asarray(
-        read_row_file(
-            manifest, manifest.ids[row], task.column, lambda: read_depth(path, task.scale)
-        )
+        read_row_file(manifest, manifest.ids[row], task.column, lambda: read_label(task, path))
     )
 
 

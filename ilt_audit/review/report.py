@@ -54,6 +54,7 @@ from ilt_audit.internal.files import write_text_atomic
 from ilt_audit.review.instances import (
     Numbers,
     PredictionsUnavailable,
+    depth_range,
     depth_rgb,
     error_rate_text,
     feature_text,
@@ -341,7 +342,7 @@ def _mask_views(page: _Page, task: TaskSpec, row: pd.Series) -> tuple[_View, _Vi
 
 def _depth_views(page: _Page, task: TaskSpec, row: pd.Series) -> tuple[_View, _View | None]:
     label = label_map(page.manifest, task, page.rows[row.id])
-    low, high = float(label.min()), float(label.max())  # the label's range colours both maps
+    low, high = depth_range(label)  # the label's range colours both maps
     return _map_views(page, task, row, label, lambda depth: depth_rgb(depth, low, high))
 
 

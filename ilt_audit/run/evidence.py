@@ -24,7 +24,8 @@ beside ``log_sigma2`` and ``loss``. Which signals a task type has is one table,
 - dense regression: ``residual``, the median over the map's pixels of prediction − label in z
   units (signed: a constant offset is testable from thousands of pixels); ``log_ratio``, the
   median over the pixels of log(|prediction| / |label|); ``holes``, the share of pixels where one
-  of label and prediction is about 0 and the other is not.
+  of label and prediction is about 0 and the other is not. Pixels without a target (the card's
+  ``invalid``, NaN in a batch) are left out of each.
 
 Example:
     >>> from ilt_audit.run.evidence import SIGNALS
@@ -164,15 +165,23 @@ def _regression_log_ratio(
 
 
 # --- dense regression: outputs (B, 1, H, W), targets (B, H, W) in z units --------------------
+# A NaN target is a pixel without one (the card's ``invalid``): the signals read the others, and
+# a map with none has NaN signals (no evidence), as a column a task type lacks.
+
+
+def _pixel_median(values: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """The median over each map's pixels, (B, H, W) → (B,); NaN pixels left out (invalid)."""
+    flat = values.flatten(1)
+    return (flat.median(dim=1) if task.invalid is None else flat.nanmedian(dim=1)).values
 
 
 def _dense_residual(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
-    return (out[:, 0] - target).flatten(1).median(dim=1).values  # (B,)
+    return _pixel_median(out[:, 0] - target, task)  # (B,)
 
 
 def _dense_log_ratio(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
     assert scale is not None
-    return _log_ratio(out[:, 0], target, scale).flatten(1).median(dim=1).values  # (B,)
+    return _pixel_median(_log_ratio(out[:, 0], target, scale), task)  # (B,)
 
 
 def _holes(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
@@ -180,7 +189,10 @@ def _holes(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale
     zero = ZERO_SHARE * scale.typical
     label_zero = _in_units(target, scale).abs() < zero  # (B, H, W)
     predicted_zero = _in_units(out[:, 0], scale).abs() < zero
-    return (label_zero != predicted_zero).flatten(1).float().mean(dim=1)  # (B,)
+    holes = (label_zero != predicted_zero).float()  # (B, H, W)
+    if task.invalid is not None:
+        holes = holes.masked_fill(target.isnan(), float("nan"))
+    return holes.flatten(1).nanmean(dim=1)  # (B,); with no NaN the plain mean
 
 
 SIGNALS: dict[str, tuple[Signal, ...]] = {

@@ -33,9 +33,13 @@ def _segmentation(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) ->
 
 
 def _dense_regression(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    return (
-        (output[:, 0] - target).pow(2).flatten(1).mean(dim=1)
-    )  # mean squared error over pixels: (B,)
+    if task.invalid is None:
+        return (output[:, 0] - target).pow(2).flatten(1).mean(dim=1)  # MSE over pixels: (B,)
+    # A NaN target is a pixel without one (the card's ``invalid``): the mean over the others.
+    # NaN is replaced before the difference, so that no NaN reaches the gradient.
+    valid = ~target.isnan()  # (B, H, W)
+    error = (output[:, 0] - target.nan_to_num()).pow(2) * valid  # (B, H, W)
+    return error.flatten(1).sum(dim=1) / valid.flatten(1).sum(dim=1).clamp(min=1)  # (B,)
 
 
 InstanceLoss = Callable[[torch.Tensor, torch.Tensor, TaskSpec], torch.Tensor]

@@ -1,7 +1,8 @@
 """Model quality per task on held-out rows: accuracy, mIoU, mean absolute error.
 
 Regression and dense-regression errors are reported in the label's own units (the normalisation
-applied for training is undone).
+applied for training is undone); a map's pixels without a target (the card's ``invalid``) are
+not counted.
 """
 
 from __future__ import annotations
@@ -42,15 +43,16 @@ def _abs_error(
     if task.type == "dense-regression":
         out = out[:, 0]
     error = (_unscale(data, task, out) - _unscale(data, task, y)).abs()
+    if task.invalid is not None:  # a NaN target is a pixel without one: not counted
+        error = error[~error.isnan()]
     return {"abs_error": float(error.sum()), "count": float(error.numel())}
 
 
 def _confusion(task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    assert isinstance(task.classes, int)
     ignore = task.ignore_index if task.ignore_index is not None else IGNORE
     valid = y != ignore
     pred, true = out.argmax(dim=1)[valid], y[valid]
-    c = task.classes
+    c = task.class_count
     counts = torch.bincount(true * c + pred, minlength=c * c).reshape(c, c)  # (C true, C pred)
     return {"confusion": counts.cpu()}
 

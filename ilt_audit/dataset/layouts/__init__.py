@@ -1,6 +1,6 @@
 """Reading a dataset's layout into a dataset card: what ``ilt-audit init`` writes.
 
-Three layouts that tools already agree on are read:
+Five layouts that tools already agree on are read:
 
 - a **table** (CSV, Parquet, JSON Lines): each column's role is inferred from its values (an id,
   an image path, class labels, regression targets, mask or depth-map paths, a train/val split,
@@ -9,10 +9,15 @@ Three layouts that tools already agree on are read:
   ``val/``): one classification task whose classes are the folder names;
 - **paired folders** of images and masks (``images/`` and ``masks/``, ``img/`` and ``ann/``,
   ``JPEGImages/`` and ``SegmentationClass/`` …) whose files pair up by stem: one segmentation
-  task with the classes counted from the masks.
+  task with the classes counted from the masks;
+- **Cityscapes** (``leftImg8bit/`` and ``gtFine/``, optionally ``disparity/``): a segmentation
+  task of the 19 train ids and a disparity task, the split from the folders;
+- **Pascal VOC** (``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/``): a
+  segmentation task of VOC's 21 classes, the images and the split from the lists.
 
 For a folder layout a manifest (CSV) is written beside the card: ids are the files' paths
-relative to the folder (without the suffix, unless two files would share one), sorted, and paths
+relative to the folder (without the suffix, unless two files would share one), sorted (for
+Cityscapes and VOC, each image's own name, in the dataset's order), and paths
 are relative to the card's folder when the data lies in it, else to the data's folder, which the
 card names as its ``root`` (:func:`root_text`). A table's paths are relative to the card's folder
 or, failing that, to the table's own folder, which then becomes the card's ``root``. Nothing is
@@ -28,6 +33,8 @@ One module per format, and the pieces they share (the imports among them form no
 - :mod:`~ilt_audit.dataset.layouts.table`: a table, and the ``--task`` option;
 - :mod:`~ilt_audit.dataset.layouts.image_folder`: an ImageFolder tree;
 - :mod:`~ilt_audit.dataset.layouts.paired`: paired folders of images and masks;
+- :mod:`~ilt_audit.dataset.layouts.cityscapes`: Cityscapes' folders;
+- :mod:`~ilt_audit.dataset.layouts.voc`: a Pascal VOC folder;
 - :mod:`~ilt_audit.dataset.layouts.folders`: what the folder layouts share: the folder names
   that pair images with masks, walking a tree, ids from the files' paths;
 - :mod:`~ilt_audit.dataset.layouts.sampling`: reading a bounded sample of files: what a column
@@ -53,6 +60,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ilt_audit.dataset.card import DENSE_TYPES
+from ilt_audit.dataset.layouts.cityscapes import is_cityscapes, read_cityscapes
 from ilt_audit.dataset.layouts.draft import (
     Draft,
     Inference,
@@ -68,6 +77,7 @@ from ilt_audit.dataset.layouts.folders import IMAGE_FOLDERS, MASK_FOLDERS
 from ilt_audit.dataset.layouts.image_folder import read_image_folder
 from ilt_audit.dataset.layouts.paired import read_paired
 from ilt_audit.dataset.layouts.table import TaskOption, parse_task_option, read_table
+from ilt_audit.dataset.layouts.voc import is_voc, read_voc
 from ilt_audit.errors import CardError, OptionError, OutputError
 from ilt_audit.internal.files import check_output
 
@@ -152,7 +162,13 @@ def _read_folder(path: Path, card_folder: Path) -> Draft:
     lowered = {name.lower(): name for name in dirs}
     images = next((lowered[n] for n in IMAGE_FOLDERS if n in lowered), None)
     masks = next((lowered[n] for n in MASK_FOLDERS if n in lowered), None)
-    if images is not None and masks is not None:
+    if is_cityscapes(dirs):
+        draft = Draft("cityscapes")
+        read_cityscapes(draft, path, folder, dirs, files)
+    elif is_voc(folder, lowered):
+        draft = Draft("voc")
+        read_voc(draft, path, folder, dirs, files)
+    elif images is not None and masks is not None:
         draft = Draft("paired")
         read_paired(draft, path, folder, images, masks, dirs, files)
     else:
@@ -162,7 +178,8 @@ def _read_folder(path: Path, card_folder: Path) -> Draft:
     draft.source = path
     draft.root = card_folder if inside(folder, card_folder) else folder
     prefix = relative(folder, draft.root)
-    for column in ("image", "mask"):
-        if column in draft.manifest and prefix != ".":
+    dense = [t["column"] for t in draft.card["tasks"].values() if t["type"] in DENSE_TYPES]
+    for column in (draft.card["input"]["column"], *dense):  # the columns of file paths
+        if prefix != ".":
             draft.manifest[column] = prefix + "/" + draft.manifest[column]
     return draft

@@ -39,7 +39,7 @@ class InitResult:
 
     card: Path
     manifest: Path | None  # the manifest written beside the card (folder layouts)
-    layout: str  # "table", "imagefolder" or "paired"
+    layout: str  # "table", "imagefolder", "paired", "cityscapes" or "voc"
     inferences: tuple[Inference, ...]
 
 
@@ -69,6 +69,11 @@ class Draft:
 
     def fail(self, message: str) -> LayoutError:
         return LayoutError(message, self.notes)
+
+    def fail_record(self, file: Path, record: str, field: str, why: str) -> LayoutError:
+        """A malformed file of one record: the file, the record (its image's stem) and the field
+        (the manifest column it would fill)."""
+        return self.fail(f"{file}: record {record!r}: field {field!r}: {why}")
 
 
 # --- writing and checking the card ---------------------------------------------------------
@@ -153,6 +158,8 @@ _LAYOUT_NAMES = {
     "table": "table",
     "imagefolder": "torchvision ImageFolder tree",
     "paired": "folder of images and masks",
+    "cityscapes": "Cityscapes folder",
+    "voc": "Pascal VOC folder",
 }
 
 

@@ -4,6 +4,7 @@ and ids from the files' paths."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +44,23 @@ def walk(folder: Path) -> tuple[list[str], int]:
             else:
                 found.append(name if relative == "." else f"{relative}/{name}")
     return sorted(found), hidden
+
+
+def folders_in(folder: Path) -> list[str]:
+    """The names of the folders in ``folder``, sorted, hidden ones left out."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def files_in(folder: Path) -> list[str]:
+    """The names of the files (not folders) in ``folder``, sorted, hidden ones left out."""
+    return sorted(
+        e.name for e in os.scandir(folder) if not e.is_dir() and not e.name.startswith(".")
+    )
+
+
+def missing_file(folder: Path, row: dict[str, str], fields: Sequence[str]) -> str | None:
+    """The first of a manifest row's ``fields`` whose file is not in ``folder``, or None."""
+    return next((field for field in fields if not (folder / row[field]).is_file()), None)
 
 
 def suffix(name: str) -> str:

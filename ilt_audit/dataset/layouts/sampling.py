@@ -10,6 +10,7 @@ and :func:`dense_task` counts a segmentation task's classes from the mask values
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,7 @@ def sample_files(draft: Draft, subject: str, paths: list[Path], *, masks: bool) 
             raise draft.fail(f"{file}: file not found") from None
         except (OSError, ValueError) as exc:
             raise draft.fail(f"{file}: cannot read it as an image ({exc})") from None
-    read = (
-        f"all {len(rows):,} files read"
-        if len(rows) == len(paths)
-        else f"a sample of {len(rows):,} of {len(paths):,} files read, evenly spaced"
-    )
+    read = _read_text(len(rows), len(paths))
     colour = [m for m in modes if m in _COLOUR_MODES]
     wide = [m for m in modes if m.startswith(_WIDE_MODES)]
     if masks:
@@ -108,6 +105,76 @@ def sample_files(draft: Draft, subject: str, paths: list[Path], *, masks: bool) 
     return Files(
         "image", f"greyscale images: {len(values)} distinct values, not class indices ({read})"
     )
+
+
+def _read_text(read: int, total: int) -> str:
+    if read == total:
+        return f"all {read:,} files read"
+    return f"a sample of {read:,} of {total:,} files read, evenly spaced"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a dataset whose layout names its files: its id (the image's stem), its
+    image and one label file."""
+
+    id: str
+    image: Path
+    label: Path
+
+
+def sample_labels(
+    draft: Draft,
+    field: str,
+    records: Sequence[Record],
+    *,
+    modes: Collection[str],
+    kind: str,
+    allowed: Collection[int] | None = None,
+    outside: str = "",
+) -> tuple[tuple[int, ...], str]:
+    """Read the label files of the records at :func:`sample_rows`: each must be of one of
+    ``modes`` (``kind`` says what that is), have its image's size (from the image's header) and,
+    given ``allowed``, hold only those values (``outside`` says why another is refused, with
+    ``{value}``). Returns the values seen (with ``allowed``) and what was read. The training pass
+    checks every file's size and values again (:mod:`ilt_audit.dataset.files`)."""
+    values: set[int] = set()
+    rows = sample_rows(len(records))
+    for row in rows:
+        record = records[row]
+        try:
+            with open_image(record.image) as img:
+                size = img.size
+        except (OSError, ValueError) as exc:
+            raise draft.fail_record(
+                record.image, record.id, "image", f"cannot read it as an image ({exc})"
+            ) from None
+        try:
+            with open_image(record.label) as img:
+                if img.mode not in modes:
+                    raise draft.fail_record(
+                        record.label, record.id, field, f"a {img.mode} image, not {kind}"
+                    )
+                if img.size != size:
+                    raise draft.fail_record(
+                        record.label,
+                        record.id,
+                        field,
+                        f"{img.size[1]}x{img.size[0]}, but its image {record.image.name} is "
+                        f"{size[1]}x{size[0]}",
+                    )
+                if allowed is not None:
+                    found = np.unique(np.asarray(img)).tolist()
+                    bad = [v for v in found if v not in allowed]
+                    if bad:
+                        why = outside.format(value=bad[0])
+                        raise draft.fail_record(record.label, record.id, field, why)
+                    values.update(found)
+        except (OSError, ValueError) as exc:
+            raise draft.fail_record(
+                record.label, record.id, field, f"cannot read it as an image ({exc})"
+            ) from None
+    return tuple(sorted(values)), _read_text(len(rows), len(records))
 
 
 def dense_task(draft: Draft, column: str, name: str, found: Files) -> dict[str, Any]:
