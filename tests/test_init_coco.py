@@ -475,6 +475,27 @@ def test_an_error_while_rasterising_leaves_nothing(tmp_path, cli, files_of, monk
     assert files_of(tmp_path) == before and len(calls) == 3
 
 
+def test_a_card_that_does_not_validate_puts_the_earlier_masks_back(
+    tmp_path, cli, files_of, monkeypatch
+):
+    from ilt_audit.errors import CardError
+
+    data = coco_layout(tmp_path / "coco", val=0)
+    card = tmp_path / "coco.toml"
+    assert cli("init", data, "--out", card).exit_code == 0
+    (tmp_path / "coco.masks" / "earlier").write_text("the folder the run before wrote")
+    before = files_of(tmp_path)
+
+    def refuse(*args, **kwargs):
+        assert not (tmp_path / "coco.masks" / "earlier").exists()  # it checks the new masks
+        raise CardError("refused")
+
+    monkeypatch.setattr(draft_module, "open_dataset", refuse)
+    result = cli("init", data, "--out", card, "--force")
+    assert result.exit_code == 2 and "the card written does not validate: refused" in result.err
+    assert files_of(tmp_path) == before  # the earlier card, manifest and masks, nothing else
+
+
 # --- the workflow -------------------------------------------------------------------------------
 
 
