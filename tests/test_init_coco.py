@@ -252,6 +252,15 @@ def test_images_is_refused_for_another_layout(tmp_path, cli):
     assert result.exit_code == 2 and "--images names a COCO layout's image folder" in result.err
 
 
+def test_table_options_are_refused_for_a_coco_layout(tmp_path, cli):
+    data = coco_layout(tmp_path / "coco", train=1, val=0)
+    result = cli("init", data, "--out", tmp_path / "c.toml", "--skip", "count")
+    assert result.exit_code == 2
+    assert f"--skip settles a table's columns; a COCO layout decides them ({data} is one)" in (
+        result.err
+    )
+
+
 def test_the_masks_folder_is_replaced_only_with_force(tmp_path, cli):
     data = coco_layout(tmp_path / "coco", val=0)
     card = tmp_path / "coco.toml"

@@ -126,7 +126,7 @@ def init(
     if result.manifest is not None:
         parts.append(f"its manifest {result.manifest}")
     parts += [f"{derived.path}/ with {derived.summary}" for derived in result.derived]
-    wrote = markup_safe(" and ".join([", ".join(parts[:-1]), parts[-1]] if parts[1:] else parts))
+    wrote = markup_safe(parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}")
     err_console.print(
         f"[green]Wrote[/] {wrote} (checked: it loads). Next: ilt-audit train "
         f"{markup_safe(str(result.card))} --out runs/{markup_safe(result.card.stem)}",

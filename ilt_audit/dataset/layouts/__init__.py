@@ -149,10 +149,9 @@ def init_card(
             if value
         ] + (["--skip"] if skip else [])
         if given:
-            kind = "a COCO layout" if coco is not None else "a folder"
+            layout, kind = ("a COCO layout", "one") if coco else ("a folder's layout", "a folder")
             raise OptionError(
-                f"{given[0]} settles a table's columns; {kind}'s layout decides them "
-                f"({path} is {kind})"
+                f"{given[0]} settles a table's columns; {layout} decides them ({path} is {kind})"
             )
         if coco is not None:
             assert masks is not None
