@@ -24,7 +24,11 @@ class DropTo(StrEnum):
 
 def init(
     path: Annotated[
-        Path, typer.Argument(help="A table (CSV, Parquet, JSON Lines) or a folder of images.")
+        Path,
+        typer.Argument(
+            help="A table (CSV, Parquet, JSON Lines), a folder of images, or a COCO layout "
+            "(a folder with annotations/instances_*.json, or one such file)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="The dataset card (TOML) to write.")],
     task: Annotated[
@@ -60,10 +64,20 @@ def init(
             "(writes allow_outside_paths = true).",
         ),
     ] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="A COCO layout's image folder, the one file_name is relative to (default: "
+            "<split>/ or <split>2017/ beside annotations/).",
+        ),
+    ] = None,
 ) -> None:
-    """Write a dataset card from a table, an ImageFolder tree or folders of images and masks.
+    """Write a dataset card from a table, an ImageFolder tree, folders of images and masks, or
+    COCO instances files.
 
-    Every inference is shown; an ambiguous column stops with the options that settle it.
+    Every inference is shown; an ambiguous column stops with the options that settle it. A COCO
+    layout's masks are rasterised once into CARD.masks/ beside the card.
 
     A card written outside the data's folder names that folder as its root.
 
@@ -102,14 +116,17 @@ def init(
             skip=skip or (),
             force=force,
             allow_outside_paths=allow_outside_paths,
+            images=images,
         )
     except LayoutError as exc:
         show(exc.inferences, f"What ilt-audit read in {_printable(str(path))}, so far")
         raise
     show(result.inferences, f"What ilt-audit read in {_printable(str(path))}")
-    wrote = markup_safe(str(result.card))
+    parts = [str(result.card)]
     if result.manifest is not None:
-        wrote += f" and its manifest {markup_safe(str(result.manifest))}"
+        parts.append(f"its manifest {result.manifest}")
+    parts += [f"{derived.path}/ with {derived.summary}" for derived in result.derived]
+    wrote = markup_safe(parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}")
     err_console.print(
         f"[green]Wrote[/] {wrote} (checked: it loads). Next: ilt-audit train "
         f"{markup_safe(str(result.card))} --out runs/{markup_safe(result.card.stem)}",

@@ -1,6 +1,6 @@
 """Reading a dataset's layout into a dataset card: what ``ilt-audit init`` writes.
 
-Five layouts that tools already agree on are read:
+Six layouts that tools already agree on are read:
 
 - a **table** (CSV, Parquet, JSON Lines): each column's role is inferred from its values (an id,
   an image path, class labels, regression targets, mask or depth-map paths, a train/val split,
@@ -13,7 +13,10 @@ Five layouts that tools already agree on are read:
 - **Cityscapes** (``leftImg8bit/`` and ``gtFine/``, optionally ``disparity/``): a segmentation
   task of the 19 train ids and a disparity task, the split from the folders;
 - **Pascal VOC** (``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/``): a
-  segmentation task of VOC's 21 classes, the images and the split from the lists.
+  segmentation task of VOC's 21 classes, the images and the split from the lists;
+- a **COCO instances** layout (``annotations/instances_<split>.json`` beside its image folders,
+  or one such file): three tasks derived from the annotations (a semantic mask, the object count,
+  the categories present), the masks rasterised once into a folder beside the card.
 
 For a folder layout a manifest (CSV) is written beside the card: ids are the files' paths
 relative to the folder (without the suffix, unless two files would share one), sorted (for
@@ -35,6 +38,7 @@ One module per format, and the pieces they share (the imports among them form no
 - :mod:`~ilt_audit.dataset.layouts.paired`: paired folders of images and masks;
 - :mod:`~ilt_audit.dataset.layouts.cityscapes`: Cityscapes' folders;
 - :mod:`~ilt_audit.dataset.layouts.voc`: a Pascal VOC folder;
+- :mod:`~ilt_audit.dataset.layouts.coco`: COCO instances files and their image folders;
 - :mod:`~ilt_audit.dataset.layouts.folders`: what the folder layouts share: the folder names
   that pair images with masks, walking a tree, ids from the files' paths;
 - :mod:`~ilt_audit.dataset.layouts.sampling`: reading a bounded sample of files: what a column
@@ -62,7 +66,9 @@ from pathlib import Path
 
 from ilt_audit.dataset.card import DENSE_TYPES
 from ilt_audit.dataset.layouts.cityscapes import is_cityscapes, read_cityscapes
+from ilt_audit.dataset.layouts.coco import coco_files, masks_folder, read_coco
 from ilt_audit.dataset.layouts.draft import (
+    DerivedFolder,
     Draft,
     Inference,
     InitResult,
@@ -82,6 +88,7 @@ from ilt_audit.errors import CardError, OptionError, OutputError
 from ilt_audit.internal.files import check_output
 
 __all__ = [
+    "DerivedFolder",
     "Inference",
     "InitResult",
     "LayoutError",
@@ -102,11 +109,15 @@ def init_card(
     skip: Sequence[str] = (),
     force: bool = False,
     allow_outside_paths: bool = False,
+    images: str | Path | None = None,
 ) -> InitResult:
-    """Write a dataset card (and a manifest, for a folder layout) from a dataset's layout.
+    """Write a dataset card (and a manifest, for a folder or COCO layout) from a dataset's layout.
 
     ``tasks``, ``inputs``, ``id_column`` and ``skip`` settle a table's columns by hand (they do
-    not apply to folder layouts). The card is validated with
+    not apply to folder layouts); ``images`` names a COCO layout's image folder, the one its
+    files' ``file_name`` is relative to (found beside ``annotations/`` without it). A COCO
+    layout's masks are written into ``<card stem>.masks/`` beside the card. The card is
+    validated with
     :func:`~ilt_audit.dataset.opening.open_dataset` before it is put in place; on any error
     (:class:`LayoutError` for the layout, ``OptionError`` for the options) nothing is written.
 
@@ -117,34 +128,54 @@ def init_card(
     path, out = Path(path), Path(out)
     options = [t if isinstance(t, TaskOption) else parse_task_option(t) for t in tasks]
     if not path.exists():
-        raise CardError(f"{path}: not found; give a table (CSV, Parquet, JSON Lines) or a folder")
+        raise CardError(
+            f"{path}: not found; give a table (CSV, Parquet, JSON Lines), a COCO instances file "
+            "or a folder"
+        )
+    coco = coco_files(path)
+    if images is not None:
+        images = Path(images)
+        if coco is None:
+            raise OptionError(
+                f"--images names a COCO layout's image folder; {path} is not one (an instances "
+                ".json file, or a folder with annotations/instances_*.json)"
+            )
+        if not images.is_dir():
+            raise OptionError(f"--images {images}: not a folder")
     if path.is_file() and out.resolve() == path.resolve():
         raise OptionError(f"--out {out}: that is the table itself; name a new .toml file")
-    manifest_path = out.with_name(f"{out.stem}.manifest.csv") if path.is_dir() else None
-    for target in (out, manifest_path):
+    made = path.is_dir() or coco is not None  # a manifest written beside the card
+    manifest_path = out.with_name(f"{out.stem}.manifest.csv") if made else None
+    masks = masks_folder(out) if coco is not None else None
+    for target in (out, manifest_path, masks):
         if target is not None and target.exists() and not force:
             raise OutputError(f"{target} already exists; pass --force to replace it")
     check_output(out)
     folder = out.parent.resolve()  # the card's folder
-    if path.is_dir():
+    if made:
         given = [
             flag
             for flag, value in (("--task", options), ("--input", inputs), ("--id", id_column))
             if value
         ] + (["--skip"] if skip else [])
         if given:
+            layout, kind = ("a COCO layout", "one") if coco else ("a folder's layout", "a folder")
             raise OptionError(
-                f"{given[0]} settles a table's columns; a folder's layout decides them "
-                f"({path} is a folder)"
+                f"{given[0]} settles a table's columns; {layout} decides them ({path} is {kind})"
             )
-        draft = _read_folder(path, folder)
+        if coco is not None:
+            assert masks is not None
+            draft = Draft("coco")
+            read_coco(draft, path, coco, folder, masks, images)
+        else:
+            draft = _read_folder(path, folder)
     else:
         draft = read_table(
             path, folder, options, list(inputs), id_column, list(skip), allow_outside_paths
         )
     note_root(draft, folder)
     write(draft, out, manifest_path, folder, allow_outside_paths)
-    return InitResult(out, manifest_path, draft.layout, tuple(draft.notes))
+    return InitResult(out, manifest_path, draft.layout, tuple(draft.notes), tuple(draft.derived))
 
 
 # --- folder layouts ------------------------------------------------------------------------
