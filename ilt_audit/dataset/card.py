@@ -28,7 +28,7 @@ from typing import Any
 
 from ilt_audit.errors import CardError
 
-TASK_TYPES = ("classification", "regression", "segmentation", "dense-regression")
+TASK_TYPES = ("classification", "regression", "segmentation", "dense-regression", "multi-label")
 DENSE_TYPES = ("segmentation", "dense-regression")
 INPUT_TYPES = ("image", "features")
 TABLE_READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -79,6 +79,7 @@ class TaskSpec:
     classes: int | tuple[str, ...] | None = None  # declared class set, if any
     ignore_index: int | None = None  # segmentation: pixels with this value carry no label
     scale: float = 1.0  # dense-regression from 16-bit PNG: stored value / scale
+    separator: str = "|"  # multi-label: what separates the tags of a text cell
 
     @property
     def column(self) -> str:
@@ -327,8 +328,12 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
             raise CardError(
                 f"{where}: classes must be a count (>= 2) or a list of labels, got {classes!r}"
             )
+    elif kind == "multi-label" and classes is not None:
+        classes = _tag_set(where, classes)
     elif classes is not None:
-        raise CardError(f"{where}: 'classes' applies only to classification and segmentation tasks")
+        raise CardError(
+            f"{where}: 'classes' applies only to classification, multi-label and segmentation tasks"
+        )
 
     ignore_index = spec.get("ignore_index")
     if ignore_index is not None and (kind != "segmentation" or not isinstance(ignore_index, int)):
@@ -336,4 +341,25 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
     scale = spec.get("scale", 1.0)
     if not isinstance(scale, int | float) or scale <= 0:
         raise CardError(f"{where}: scale must be a positive number, got {scale!r}")
-    return TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale))
+    separator = spec.get("separator", "|")
+    if "separator" in spec and kind != "multi-label":
+        raise CardError(f"{where}: 'separator' applies only to multi-label tasks")
+    if not isinstance(separator, str) or not separator or separator.isspace():
+        raise CardError(
+            f'{where}: separator must be the text between two tags, e.g. "|", got {separator!r}'
+        )
+    return TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale), separator)
+
+
+def _tag_set(where: str, classes: Any) -> tuple[str, ...]:
+    """A multi-label task's declared tags: a non-empty list of distinct, non-empty names."""
+    if not isinstance(classes, list) or not classes or isinstance(classes, str):
+        raise CardError(f"{where}: classes must be a list of tags, got {classes!r}")
+    names = tuple(str(c) for c in classes)
+    if any(isinstance(c, bool | float | list | dict) for c in classes) or "" in names:
+        bad = next(c for c in classes if isinstance(c, bool | float | list | dict) or c == "")
+        raise CardError(f"{where}: classes: a tag is a non-empty name, got {bad!r}")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise CardError(f"{where}: classes: tag {twice!r} is listed twice")
+    return names
