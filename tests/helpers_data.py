@@ -148,11 +148,13 @@ def make_tags_card(
     seed: int = 0,
     classes: bool = True,
     separator: str | None = None,
+    split: bool = False,
 ) -> Path:
     """A features dataset (f0..f3) with a multi-label task ``tags``: tag j of :data:`TAGS` is
     present where feature j is above 0.3 (learnable; some rows have none). A Parquet or JSON
     Lines table holds a list per row, a CSV table text joined by ``separator`` (default "|").
-    ``classes`` declares the tag set in the card. Returns the card's path.
+    ``classes`` declares the tag set in the card; with ``split``, every sixth row is a
+    validation row. Returns the card's path.
     """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -163,8 +165,12 @@ def make_tags_card(
         frame[f"f{j}"] = x[:, j]
     text = Path(table).suffix == ".csv"
     frame["tags"] = [(separator or "|").join(t) for t in tags] if text else tags
+    lines = [f'table = "{table}"', 'id = "id"']
+    if split:
+        frame["split"] = ["val" if i % 6 == 5 else "train" for i in range(n)]
+        lines.append('split = "split"')
     write_table(frame, root / table)
-    lines = [f'table = "{table}"', 'id = "id"', "", "[input]", 'type = "features"']
+    lines += ["", "[input]", 'type = "features"']
     lines += ['prefix = "f"', "", "[tasks.tags]", 'type = "multi-label"', 'column = "tags"']
     if classes:
         lines.append("classes = [" + ", ".join(f'"{t}"' for t in TAGS) + "]")
