@@ -182,11 +182,26 @@ def test_a_separator_on_another_task_type_is_refused(tmp_path):
         load_card(card)
 
 
-def test_a_tag_text_is_untrusted_and_kept_as_it_is(tmp_path):
+HOSTILE = "=1+1<script>alert(1)</script>[bold]|`x`"  # a formula, a script, markup, a separator
+
+
+def test_a_hostile_tag_is_kept_as_written_and_shown_as_text(tmp_path, cli):
     card = make_tags_card(tmp_path / "d", classes=False)
-    _write(card, "tags", 0, ["<b>x</b>", "a\u202eb", "cat"])
-    manifest = open_dataset(card).manifest
-    assert {"<b>x</b>", "a\u202eb"} <= set(manifest.class_names["tags"])
+    frame = pq.read_table(card.parent / "manifest.parquet").to_pandas()
+    frame["tags"] = [[HOSTILE, *tags] if i % 2 else list(tags) for i, tags in enumerate(frame.tags)]
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False), card.parent / "manifest.parquet"
+    )
+    assert HOSTILE in open_dataset(card).manifest.class_names["tags"]  # a list keeps its "|"
+    run = tmp_path / "run"
+    train(card, run, config=tiny_config(epochs=2))
+    out = tmp_path / "suspects.csv"
+    assert cli("rank", run, "--format", "csv", "--output", out).exit_code == 0
+    labels = pd.read_csv(out).label.dropna()
+    assert labels.str.startswith("'=1+1<script>").any() and not labels.str.startswith("=").any()
+    assert "[bold]" in cli("rank", run, "--top", "100%").out  # markup printed as text
+    page = render_report(run, tmp_path / "report.html", top=40).read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
 
 
 # --- training: loss, evidence, metric -----------------------------------------------------------
@@ -514,3 +529,19 @@ def test_same_seed_same_trajectories(tmp_path):
         train(card, tmp_path / name, config=tiny_config(epochs=2))
     first = pd.read_parquet(tmp_path / "a" / "trajectories")
     pd.testing.assert_frame_equal(first, pd.read_parquet(tmp_path / "b" / "trajectories"))
+
+
+def test_a_csv_column_of_single_integer_tags_is_written_back_as_the_same_tags(tmp_path):
+    card = make_tags_card(tmp_path / "d", table="manifest.csv", classes=False)
+    frame = pd.read_csv(card.parent / "manifest.csv")
+    frame["tags"] = [float(i % 3 + 1) if i % 4 else None for i in range(len(frame))]  # 2.0, ""
+    frame.to_csv(card.parent / "manifest.csv", index=False)
+    before = open_dataset(card).manifest
+    assert before.frame["tags"].dtype.kind == "f" and before.class_names["tags"] == ("1", "2", "3")
+    result = corrupt(card, tasks=["tags"], fraction=0.25, mode="add-tag", out=tmp_path / "o")
+    truth = read_truth(result.truth_path).set_index("id")
+    after = open_dataset(result.card_path).manifest
+    assert after.class_names["tags"] == ("1", "2", "3")  # not "2.0"
+    old = dict(zip(before.ids, _tags(before), strict=True))
+    new = dict(zip(after.ids, _tags(after), strict=True))
+    assert {i for i in old if old[i] != new[i]} == set(truth.index[truth.corrupted])
