@@ -2,9 +2,9 @@
 
 Everything that can be checked on the table itself is checked here, vectorised: columns, ids,
 class labels, tag sets (:mod:`ilt_audit.dataset.tags`), numeric targets and features, that the
-files the rows name exist. Decoding those
-files (images, masks, depth maps) is :mod:`ilt_audit.dataset.loader`'s streaming pass. Errors name the
-table, the row id and the column, and quote the offending value. It never imports torch.
+files the rows name exist. Decoding those files (images, masks, depth maps) is
+:mod:`ilt_audit.dataset.loader`'s streaming pass. Errors name the table, the row id and the
+column, and quote the offending value. It never imports torch.
 
 Example:
     >>> manifest = load_manifest("sample_manifests/penguins/card.toml")  # doctest: +SKIP
@@ -181,9 +181,8 @@ class Manifest:
     input_columns: tuple[str, ...]
     # classification task -> class names, multi-label task -> tags (index order)
     class_names: dict[str, tuple[str, ...]]
-    tag_columns: dict[str, TagColumn] = dataclasses.field(
-        default_factory=dict
-    )  # multi-label: the cells read
+    # multi-label task -> its cells as read (the multi-hot table: tag_matrix)
+    tag_columns: dict[str, TagColumn] = dataclasses.field(default_factory=dict)
     _tag_tables: dict[str, np.ndarray] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
