@@ -4,7 +4,9 @@
   two-column regression task ``target``;
 - :func:`make_image_card`: 16x16 RGB images with all four task types: ``shape``
   (classification), ``box`` (regression), ``seg`` (segmentation, 3 classes, ignore_index 255)
-  and ``depth`` (dense regression, ``.npy`` or 16-bit PNG with a scale).
+  and ``depth`` (dense regression, ``.npy`` or 16-bit PNG with a scale);
+- :func:`make_tags_card`: a features input with a multi-label task ``tags`` whose tags the
+  features decide.
 """
 
 from __future__ import annotations
@@ -132,6 +134,50 @@ def make_image_card(
         f'[tasks.depth]\ntype = "dense-regression"\ncolumn = "depth"\n{scale}',
         encoding="utf-8",
     )
+    return card
+
+
+TAGS = ("cat", "dog", "owl", "fox")
+
+
+def make_tags_card(
+    root: Path,
+    *,
+    n: int = 40,
+    table: str = "manifest.parquet",
+    seed: int = 0,
+    classes: bool = True,
+    separator: str | None = None,
+    split: bool = False,
+) -> Path:
+    """A features dataset (f0..f3) with a multi-label task ``tags``: tag j of :data:`TAGS` is
+    present where feature j is above 0.3 (learnable; some rows have none). A Parquet or JSON
+    Lines table holds a list per row, a CSV table text joined by ``separator`` (default "|").
+    ``classes`` declares the tag set in the card; with ``split``, every sixth row is a
+    validation row. Returns the card's path.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    x = rng.normal(size=(n, len(TAGS)))
+    tags = [[TAGS[j] for j in np.flatnonzero(row > 0.3)] for row in x]
+    frame = pd.DataFrame({"id": [f"r{i:03d}" for i in range(n)]})
+    for j in range(len(TAGS)):
+        frame[f"f{j}"] = x[:, j]
+    text = Path(table).suffix == ".csv"
+    frame["tags"] = [(separator or "|").join(t) for t in tags] if text else tags
+    lines = [f'table = "{table}"', 'id = "id"']
+    if split:
+        frame["split"] = ["val" if i % 6 == 5 else "train" for i in range(n)]
+        lines.append('split = "split"')
+    write_table(frame, root / table)
+    lines += ["", "[input]", 'type = "features"']
+    lines += ['prefix = "f"', "", "[tasks.tags]", 'type = "multi-label"', 'column = "tags"']
+    if classes:
+        lines.append("classes = [" + ", ".join(f'"{t}"' for t in TAGS) + "]")
+    if separator is not None:
+        lines.append(f'separator = "{separator}"')
+    card = root / "card.toml"
+    card.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return card
 
 

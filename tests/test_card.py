@@ -291,7 +291,7 @@ CASES = [
         [
             "card.toml",
             "type must be one of classification, regression, segmentation, dense-regression, "
-            "got 'ranking'",
+            "multi-label, got 'ranking'",
         ],
         id="unknown-task-type",
     ),

@@ -26,7 +26,7 @@ from conftest import (
     write_features_dataset,
     write_image_dataset,
 )
-from helpers_data import make_image_card
+from helpers_data import make_image_card, make_tags_card
 from PIL import Image
 
 from ilt_audit.audit.ranking import rank
@@ -48,6 +48,9 @@ def labels_of(card: Path, task: str) -> Labels:
     frame = manifest.frame.set_index(manifest.card.id)
     if spec.type == "classification":
         return frame[spec.column].astype(str).to_dict()
+    if spec.type == "multi-label":  # the tag set as text, in the card's tag order
+        rows = np.arange(len(frame))
+        return dict(zip(frame.index, manifest.tag_texts(spec, rows), strict=True))
     if spec.type == "regression":
         return {i: row.to_numpy(dtype=float) for i, row in frame[list(spec.columns)].iterrows()}
     read = read_mask if spec.type == "segmentation" else read_depth
@@ -132,6 +135,27 @@ def holes(old: np.ndarray, new: np.ndarray, detail: str) -> None:
     assert (new == 0).mean() <= 0.25 * 1.6  # three boxes of about a twelfth each, may overlap
 
 
+def _tag_set(text: str) -> set[str]:
+    return set(text.split("|")) - {""}
+
+
+def tag_dropped(old: str, new: str, detail: str) -> None:
+    """One tag the label had is gone, and nothing else changed."""
+    assert detail.startswith("-") and _tag_set(new) == _tag_set(old) - {detail[1:]}
+    assert detail[1:] in _tag_set(old)
+
+
+def tag_added(old: str, new: str, detail: str) -> None:
+    assert detail.startswith("+") and detail[1:] not in _tag_set(old)
+    assert _tag_set(new) == _tag_set(old) | {detail[1:]}
+
+
+def tag_swapped(old: str, new: str, detail: str) -> None:
+    gone, added = detail.split("→")
+    assert gone in _tag_set(old) and added not in _tag_set(old)
+    assert _tag_set(new) == (_tag_set(old) - {gone}) | {added}
+
+
 def anything(old: Any, new: Any, detail: str) -> None:
     pass
 
@@ -139,6 +163,8 @@ def anything(old: Any, new: Any, detail: str) -> None:
 CARDS: dict[str, Callable[[Path], Path]] = {
     "features": lambda folder: write_features_dataset(folder, n=40),
     "image": lambda folder: write_image_dataset(folder, n=12),
+    "tags": lambda folder: make_tags_card(folder, n=40),
+    "tags-csv": lambda folder: make_tags_card(folder, n=40, table="manifest.csv"),
 }
 
 # (card, task, mode, expected magnitude, the mode's own check of (old, new, detail))
@@ -162,12 +188,15 @@ CASES = [
     ("image", "depth", "scale", None, scaled),
     ("image", "depth", "shift", 3.0, shifted),
     ("image", "depth", "holes", 0.25, holes),
+    ("tags", "tags", "swap-tag", None, tag_swapped),
+    ("tags-csv", "tags", "drop-tag", None, tag_dropped),
+    ("tags", "tags", "add-tag", None, tag_added),
 ]
 
 
 def test_every_mode_has_a_case() -> None:
     types = {"label": "classification", "colour": "classification", "seg": "segmentation"}
-    types |= {"target": "regression", "depth": "dense-regression"}
+    types |= {"target": "regression", "depth": "dense-regression", "tags": "multi-label"}
     covered = {(types[task], mode) for _, task, mode, _, _ in CASES}
     assert covered == {(kind, mode) for kind, modes in MODES.items() for mode in modes}
 
@@ -205,7 +234,7 @@ def test_each_mode(
     old_frame = load_manifest(card).frame
     new_frame = load_manifest(result.card_path).frame
     inputs = load_manifest(card).input_columns
-    if kind == "features":
+    if kind != "image":
         pd.testing.assert_frame_equal(old_frame[list(inputs)], new_frame[list(inputs)])
     else:
         new_root = result.card_path.parent

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ilt_audit.dataset.card import TaskSpec
+from ilt_audit.dataset.card import TASK_TYPES, TaskSpec
 from ilt_audit.run.evidence import COLUMNS, SIGNALS, Scale, compute, slots
 from ilt_audit.training.loop import train
 
@@ -94,7 +94,7 @@ def test_dense_regression_median_offset_scale_and_holes():
 
 
 def test_every_task_type_has_signals_and_every_signal_a_column():
-    assert set(SIGNALS) == {"classification", "segmentation", "regression", "dense-regression"}
+    assert set(SIGNALS) == set(TASK_TYPES)
     assert {s.column for group in SIGNALS.values() for s in group} == set(COLUMNS)
 
 

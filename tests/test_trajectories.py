@@ -37,6 +37,10 @@ EXPECTED_SCHEMA = [
     ("residual", pa.float32()),
     ("log_ratio", pa.float32()),
     ("holes", pa.float32()),
+    ("missing_tag", pa.float32()),
+    ("missing_tag_index", pa.float32()),
+    ("extra_tag", pa.float32()),
+    ("extra_tag_index", pa.float32()),
 ]
 
 

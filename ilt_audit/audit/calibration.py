@@ -13,7 +13,11 @@ them, its area), and read as a probability that the label is wrong in one of two
   the network from learning the labels it down-weights, so a wrong label's margin stays
   negative instead of being memorised. A label the network finds uncertain (``m`` near 0) gets
   about ``ε``, one it confidently gives to another class gets 1, and a network that has learned
-  nothing leaves every ``p`` at the prior :data:`PRIOR`, not at a verdict;
+  nothing leaves every ``p`` at the prior :data:`PRIOR`, not at a verdict. Multi-label tags
+  are read the same way, one tag at a time: a tag the label lacks that the network gives ``p``
+  (``missing_tag``, the largest such) has odds ``p / (1 − p)`` of being a true tag left out, so
+  its margin is ``log((1 − p) / p)``; a tag the label has that the network gives ``p`` (its
+  ``extra_tag`` is ``1 − p``, the largest such) likewise, each signal with its own ``ε``;
 - **an outlier mixture** (every other signal): right labels give a normal bulk, wrong labels a
   flat spread over the values seen. The bulk's centre and spread and the wrong labels' share are
   fitted by EM (a few dozen vectorised passes), starting from the median and the median absolute
@@ -101,6 +105,13 @@ def _lack(values: np.ndarray) -> np.ndarray:
     return np.cbrt(1.0 - values)  # of a share: what is missing from it
 
 
+def _margin_of(values: np.ndarray) -> np.ndarray:
+    """A probability ``x`` that the label is wrong about a tag, as a margin ``log((1 − x) / x)``
+    (see the module's text); clipped, so that a certain 0 or 1 stays finite."""
+    x = np.clip(values, 1e-6, 1 - 1e-6)
+    return np.log1p(-x) - np.log(x)
+
+
 def _squared(values: np.ndarray) -> np.ndarray:
     return np.cbrt(values**2)  # a root mean square, back to its mean square, on the cube-root scale
 
@@ -111,8 +122,9 @@ class Suspicion:
 
     column: str
     epochs: Callable[[list[int]], list[int]]
-    kind: str  # "probability" (of the label being right) | "upper" | "both" (mixture, sides)
-    turn: Callable[[np.ndarray], np.ndarray] = _same  # to a scale where the bulk is normal
+    kind: str  # "probability" (a margin, by Bayes) | "upper" | "both" (mixture, sides)
+    # to a scale where the bulk is normal (a mixture), or to a margin (a probability)
+    turn: Callable[[np.ndarray], np.ndarray] = _same
     floor: float = 0.0  # the least spread of the bulk, on the turned scale
     why: str = ""  # what a high value means, for people
     # A bulk beyond this (its centre for "upper", its spread for "both"), on the turned scale,
@@ -134,6 +146,24 @@ SUSPICIONS: dict[str, tuple[Suspicion, ...]] = {
     # leaves tied are ordered by the last epoch (shapes at 10%: a mask shifted 3 pixels 0.40 by
     # the late half alone, 0.80 so). ``extra`` is recorded and shown, not used: it only ever
     # lowered the precision (the network's misses on thin objects are everyone's)
+    # a missing tag (the network sees it, the label lacks it) and an extra one (the label has it,
+    # the network denies it) are each a tag's own margin, so they read as classification's does
+    "multi-label": (
+        Suspicion(
+            "missing_tag",
+            _late,
+            "probability",
+            _margin_of,
+            why="the network sees a tag the label lacks",
+        ),
+        Suspicion(
+            "extra_tag",
+            _late,
+            "probability",
+            _margin_of,
+            why="the label has a tag the network denies",
+        ),
+    ),
     "segmentation": (
         Suspicion(
             "missing",
@@ -426,7 +456,7 @@ def _probability(suspicion: Suspicion, values: np.ndarray) -> tuple[np.ndarray, 
     soft = np.zeros(len(values))
     finite = np.isfinite(values)
     if suspicion.kind == "probability":
-        p[finite] = label_noise(values[finite])
+        p[finite] = label_noise(suspicion.turn(values[finite]))
         soft[finite] = p[finite]
         return p, soft, True
     if finite.sum() < 3:

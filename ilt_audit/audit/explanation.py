@@ -15,6 +15,9 @@ the instance, averaged over the late epochs (the second half, where calibration 
 - dense regression: the median offset of the label from the network's map (label − prediction)
   in the data's units and in standard deviations, the factor between them (label / prediction),
   and the share of pixels where one of them is about 0 and the other is not (holes);
+- multi-label: the tag the network sees most surely among those the label lacks (the one its
+  ``missing_tag`` named in most late epochs) and its probability, and the tag the label has that
+  the network doubts most (``extra_tag``'s) and the probability it gives that tag;
 - segmentation: the share of labelled pixels the network confidently calls an object the mask
   leaves out (``missing``), the share of the mask's objects it does not see (``extra``), and the
   IoU of its mask with the label.
@@ -59,7 +62,9 @@ TYPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "regression": ("residual_sd", "residual"),
     "dense-regression": ("offset", "offset_sd", "ratio", "holes"),
     "segmentation": ("missing", "extra", "iou"),
+    "multi-label": ("tag_missing", "p_tag_missing", "tag_extra", "p_tag_extra"),
 }
+_TEXT_COLUMNS = {"preferred", "tag_missing", "tag_extra"}  # names; the others are numbers
 
 
 @dataclass
@@ -133,7 +138,7 @@ def _compute_explanation(run: Run, asked: pd.MultiIndex, found: Audit) -> pd.Dat
     frame["p_wrong"] = np.where(known, found.p_wrong[np.maximum(rows, 0)], np.nan)
     _deciding(frame, found, rows)
     for column in (c for columns in TYPE_COLUMNS.values() for c in columns):
-        frame[column] = np.full(n, np.nan, dtype=object if column == "preferred" else float)
+        frame[column] = np.full(n, np.nan, dtype=object if column in _TEXT_COLUMNS else float)
     reader = _Reader(run, asked, {})
     late = tuple(_late(list(run.epochs)))
     for (kind, column), here in _groups(frame).items():
@@ -224,12 +229,7 @@ def _classification(
     p_label = reader.matrix("p_label", late)[:, here]  # (E, k)
     margin = reader.matrix("margin", late)[:, here]
     predicted = reader.matrix("predicted", late)[:, here]
-    present = ~np.isnan(predicted)
-    classes = int(np.nanmax(predicted, initial=0)) + 1
-    votes = np.zeros((predicted.shape[1], classes))  # (k, C) late epochs preferring each class
-    columns = np.broadcast_to(np.arange(predicted.shape[1]), predicted.shape)
-    np.add.at(votes, (columns[present], predicted[present].astype(int)), 1)
-    preferred = votes.argmax(axis=1)  # (k,)
+    preferred, known = _most_often(predicted)  # (k,) each
     label = _label_index(margin, predicted)
     with np.errstate(invalid="ignore", over="ignore"):
         other = p_label * np.exp(-margin)  # (E, k) the largest other class's probability
@@ -237,16 +237,45 @@ def _classification(
         count = (~np.isnan(chosen)).sum(axis=0)
         p_preferred = np.nansum(chosen, axis=0) / count
         frame.loc[here, "p_label"] = np.nansum(p_label, axis=0) / (~np.isnan(p_label)).sum(axis=0)
+    frame.loc[here, "preferred"] = _names(frame, here, run, preferred, known)
+    frame.loc[here, "p_preferred"] = np.where(known, p_preferred, np.nan)
+
+
+def _most_often(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index an (E, k) matrix of class or tag indices holds in most epochs, per row, and
+    whether the row has one at all (NaN and -1, none, are not counted): (k,) each."""
+    present = ~np.isnan(index) & (np.nan_to_num(index, nan=-1) >= 0)  # (E, k)
+    count = int(np.nanmax(np.where(present, index, 0), initial=0)) + 1
+    votes = np.zeros((index.shape[1], count))  # (k, C) late epochs naming each index
+    columns = np.broadcast_to(np.arange(index.shape[1]), index.shape)
+    np.add.at(votes, (columns[present], index[present].astype(int)), 1)
+    return votes.argmax(axis=1), present.any(axis=0)
+
+
+def _names(
+    frame: pd.DataFrame, here: np.ndarray, run: Run, index: np.ndarray, known: np.ndarray
+) -> np.ndarray:
+    """Class or tag indices of the rows ``here`` as their names (the run's ``class_names``; an
+    index without a name as itself), None where ``known`` is False: (k,) object."""
     names = run.config.get("class_names", {})
-    known = present.any(axis=0)
     text = np.full(here.sum(), None, dtype=object)
     for task in pd.unique(frame.task[here]):
         mine = (frame.task[here] == task).to_numpy() & known
         listed = list(names.get(task) or [])
-        listed += [str(c) for c in range(len(listed), classes)]  # an index without a name
-        text[mine] = np.asarray(listed, dtype=object)[preferred[mine]]
-    frame.loc[here, "preferred"] = text
-    frame.loc[here, "p_preferred"] = np.where(known, p_preferred, np.nan)
+        listed += [str(c) for c in range(len(listed), int(index.max(initial=0)) + 1)]
+        text[mine] = np.asarray(listed, dtype=object)[index[mine]]
+    return text
+
+
+def _multi_label(
+    frame: pd.DataFrame, here: np.ndarray, reader: _Reader, late: tuple[int, ...], run: Run
+) -> None:
+    for which in ("missing", "extra"):
+        tag, known = _most_often(reader.matrix(f"{which}_tag_index", late)[:, here])  # (k,)
+        value = reader.mean(f"{which}_tag", late)[here]  # (k,)
+        probability = value if which == "missing" else 1.0 - value  # the network's, of the tag
+        frame.loc[here, f"tag_{which}"] = _names(frame, here, run, tag, known)
+        frame.loc[here, f"p_tag_{which}"] = np.where(known, probability, np.nan)
 
 
 def _label_index(margin: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -302,6 +331,7 @@ _BY_TYPE: dict[str, Callable[[pd.DataFrame, np.ndarray, _Reader, tuple[int, ...]
     "regression": _regression,
     "dense-regression": _dense_regression,
     "segmentation": _segmentation,
+    "multi-label": _multi_label,
 }
 
 

@@ -203,7 +203,8 @@ def parse_top(top: str | int | None) -> tuple[str, float] | None:
 
 
 def labels_of(manifest: Manifest, frame: pd.DataFrame) -> pd.Series:
-    """The label of each row's ``(id, task)`` as the manifest gives it, as text ("" if none).
+    """The label of each row's ``(id, task)`` as the manifest gives it, as text ("" if none; a
+    tag set as its tags in the card's order, joined by the task's separator).
 
     Only ``frame``'s rows are looked up and formatted: call it after cutting the ranking.
     """
@@ -214,7 +215,9 @@ def labels_of(manifest: Manifest, frame: pd.DataFrame) -> pd.Series:
     tasks = frame["task"].to_numpy()
     for task in manifest.card.tasks:
         here = (tasks == task.name) & (positions >= 0)
-        if here.any():
+        if here.any() and task.type == "multi-label":
+            text[here] = manifest.tag_texts(task, positions[here])
+        elif here.any():
             text[here] = _label_text(manifest.labels(task), positions[here])
     return pd.Series(text, index=frame.index, dtype=str)
 

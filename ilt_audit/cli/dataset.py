@@ -36,7 +36,8 @@ def init(
         typer.Option(
             "--task",
             help="A table's task by hand: NAME=COLUMN:TYPE (regression: NAME=COL1,COL2:regression)"
-            "; TYPE classification, regression, segmentation or dense-regression (repeatable).",
+            "; TYPE classification, regression, segmentation, dense-regression or multi-label "
+            "(repeatable).",
         ),
     ] = None,
     input_column: Annotated[
@@ -153,7 +154,7 @@ def corrupt(
             "classification: permutation (default), uniform, confusion, pairs; segmentation: "
             "permutation (default), drop-object, shift, boundary, merge; regression: uniform "
             "(default), gaussian, scale, swap; dense-regression: uniform (default), offset, "
-            "scale, shift, holes.",
+            "scale, shift, holes; multi-label: swap-tag (default), drop-tag, add-tag.",
         ),
     ] = None,
     magnitude: Annotated[

@@ -10,7 +10,15 @@ what changed in each. Both get the task's resolved :class:`Setting` (its magnitu
   confused with, from a CSV matrix or :func:`model_confusion`), ``pairs``;
 - segmentation: ``permutation`` (paper), ``drop-object``, ``shift``, ``boundary``, ``merge``;
 - regression: ``uniform`` (paper), ``gaussian``, ``scale`` (a unit error), ``swap``;
-- dense regression: ``uniform`` (paper), ``offset``, ``scale``, ``shift``, ``holes``.
+- dense regression: ``uniform`` (paper), ``offset``, ``scale``, ``shift``, ``holes``;
+- multi-label: ``swap-tag`` (the default), ``drop-tag``, ``add-tag``.
+
+The paper has no multi-label task. Its classification errors are a permutation of the classes
+that moves every class, so that every corrupted label really becomes another class. A
+permutation of the tags would not do that for a tag set ({cat, dog} under cat↔dog is itself),
+and the smallest change that, like a class flip, puts a wrong tag where a right one was is one
+tag replaced by another: ``swap-tag``, the default. ``drop-tag`` (an omission, the most common
+error of real tag sets) and ``add-tag`` plant each half of it alone.
 
 The masks' morphology (connected regions, erosion, dilation) is written with numpy
 sliding-window max filters: masks are small, and scipy is not a dependency.
@@ -37,7 +45,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from ilt_audit.dataset.card import TaskSpec
-from ilt_audit.dataset.derived import Output, save_npy, save_png, write_classes
+from ilt_audit.dataset.derived import Output, save_npy, save_png, write_classes, write_tags
 from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import CardError, OptionError
 from ilt_audit.internal.console import track
@@ -788,6 +796,93 @@ def _nonzero_rows(values: np.ndarray) -> np.ndarray:
     return (values != 0).any(axis=1)
 
 
+# multi-label: the chosen rows' tag sets (k, C) changed by one tag each
+
+
+def _plan_tags(
+    changeable: Callable[[np.ndarray], np.ndarray],
+) -> Callable[[Manifest, TaskSpec, np.ndarray, Setting], tuple[np.ndarray, None]]:
+    """A multi-label plan keeping the rows whose tag set ``changeable((N, C) bool) -> (N,)``."""
+
+    def plan(
+        manifest: Manifest, task: TaskSpec, eligible: np.ndarray, setting: Setting
+    ) -> tuple[np.ndarray, None]:
+        return eligible[changeable(manifest.tag_matrix(task)[eligible])], None
+
+    return plan
+
+
+def _has_tag(table: np.ndarray) -> np.ndarray:
+    return table.any(axis=1)
+
+
+def _lacks_tag(table: np.ndarray) -> np.ndarray:
+    return ~table.all(axis=1)
+
+
+def _has_and_lacks_tag(table: np.ndarray) -> np.ndarray:
+    return table.any(axis=1) & ~table.all(axis=1)
+
+
+def _pick(allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One allowed tag per row, uniformly among the row's: (k, C) bool -> (k,) tag index."""
+    return np.where(allowed, rng.random(allowed.shape), -1.0).argmax(axis=1)
+
+
+def _rewrite_tags(
+    change: Callable[
+        [np.ndarray, tuple[str, ...], np.random.Generator], tuple[np.ndarray, list[str]]
+    ],
+) -> Callable[[Output, TaskSpec, Any, np.ndarray, np.random.Generator, Setting], list[str]]:
+    """A multi-label mode's apply from ``change(old (k, C) bool, tags, rng)``, which gives the
+    new tag sets and what changed in each row."""
+
+    def apply(
+        output: Output,
+        task: TaskSpec,
+        stats: Any,
+        rows: np.ndarray,
+        rng: np.random.Generator,
+        setting: Setting,
+    ) -> list[str]:
+        names = output.manifest.class_names[task.name]
+        old = output.manifest.tag_matrix(task)[rows]  # (k, C)
+        new, details = change(old, names, rng)
+        assert (new != old).any(axis=1).all()
+        write_tags(output, task, rows.tolist(), new)
+        return details
+
+    return apply
+
+
+def _drop_tag(
+    old: np.ndarray, names: tuple[str, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    gone = _pick(old, rng)  # (k,)
+    new = old.copy()
+    new[np.arange(len(old)), gone] = False
+    return new, [f"-{names[c]}" for c in gone]
+
+
+def _add_tag(
+    old: np.ndarray, names: tuple[str, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    added = _pick(~old, rng)  # (k,)
+    new = old.copy()
+    new[np.arange(len(old)), added] = True
+    return new, [f"+{names[c]}" for c in added]
+
+
+def _swap_tag(
+    old: np.ndarray, names: tuple[str, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    gone, added = _pick(old, rng), _pick(~old, rng)  # (k,) each
+    new = old.copy()
+    new[np.arange(len(old)), gone] = False
+    new[np.arange(len(old)), added] = True
+    return new, [f"{names[a]}→{names[b]}" for a, b in zip(gone, added, strict=True)]
+
+
 MODES: dict[str, dict[str, Mode]] = {  # per task type, the paper's mode first (the default)
     "classification": {
         "permutation": Mode(
@@ -891,6 +986,23 @@ MODES: dict[str, dict[str, Mode]] = {  # per task type, the paper's mode first (
             _rewrite_maps(_holes),
             magnitude=0.25,
             share=True,
+        ),
+    },
+    "multi-label": {
+        "swap-tag": Mode(
+            "one tag the label has replaced by one it lacks (the paper's class flip, for a tag)",
+            _plan_tags(_has_and_lacks_tag),
+            _rewrite_tags(_swap_tag),
+        ),
+        "drop-tag": Mode(
+            "one tag the label has removed (an omission)",
+            _plan_tags(_has_tag),
+            _rewrite_tags(_drop_tag),
+        ),
+        "add-tag": Mode(
+            "one tag the label lacks added",
+            _plan_tags(_lacks_tag),
+            _rewrite_tags(_add_tag),
         ),
     },
 }

@@ -13,6 +13,9 @@ when the card has a split column, otherwise all rows) and changes their label:
 - dense regression: uniform noise over ``[0, max]`` of the target over all training maps, drawn
   per pixel; the new map is a float32 ``.npy`` in the task's units (a 16-bit PNG's values divided
   by ``scale``), and since ``.npy`` maps are never scaled the card keeps its ``scale``.
+- multi-label (the paper has none): one tag the label has replaced by one it lacks
+  (``swap-tag``; why in :mod:`ilt_audit.corruption.modes`), so every corrupted tag set changes
+  and keeps its size; the set is written back in its column's form.
 
 ``mode`` plants other, structured errors instead (a near class, a dropped object, a mask drawn
 a few pixels off, a value in the wrong unit). The modes themselves, each with its ``plan`` and

@@ -2,6 +2,8 @@
 
 - :mod:`~ilt_audit.dataset.card`: the dataset card (TOML), parsed and checked on its own;
 - :mod:`~ilt_audit.dataset.manifest`: the card's table, every row checked;
+- :mod:`~ilt_audit.dataset.tags`: a multi-label task's tag sets, read into a multi-hot table
+  and written back in their column's form;
 - :mod:`~ilt_audit.dataset.opening`: :func:`open_dataset`, the one door: reads a card and its
   manifest once, for training, ``corrupt``, ``fix``, ``init`` and a run's view of its data;
 - :mod:`~ilt_audit.dataset.files`: the files the table names: one ``stat`` each, one parallel

@@ -30,7 +30,7 @@ from typing import Any
 
 from ilt_audit.errors import CardError
 
-TASK_TYPES = ("classification", "regression", "segmentation", "dense-regression")
+TASK_TYPES = ("classification", "regression", "segmentation", "dense-regression", "multi-label")
 DENSE_TYPES = ("segmentation", "dense-regression")
 INPUT_TYPES = ("image", "features")
 TABLE_READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -81,6 +81,7 @@ class TaskSpec:
     classes: int | tuple[str, ...] | None = None  # declared class set (a count or names), if any
     ignore_index: int | None = None  # segmentation: pixels with this value carry no label
     scale: float = 1.0  # dense-regression from 16-bit PNG: (stored value - offset) / scale
+    separator: str = "|"  # multi-label: what separates the tags of a text cell
     label_map: tuple[int, ...] | None = None  # segmentation: the class of stored value 0, 1, …
     offset: float = 0.0  # dense-regression from 16-bit PNG: subtracted before the scale
     invalid: int | None = None  # dense-regression: a PNG's stored value for "no target here"
@@ -331,10 +332,13 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
             f"{where}: segmentation needs classes = <number of classes, at least 2> or the list "
             "of their names"
         )
-    if classes is not None:
+    if kind == "multi-label" and classes is not None:
+        classes = _tag_set(where, classes)
+    elif classes is not None:
         if kind not in ("classification", "segmentation"):
             raise CardError(
-                f"{where}: 'classes' applies only to classification and segmentation tasks"
+                f"{where}: 'classes' applies only to classification, multi-label and segmentation "
+                "tasks"
             )
         if isinstance(classes, list) and len(classes) >= 2:
             classes = tuple(str(c) for c in classes)  # a segmentation's names: class 0, 1, …
@@ -349,7 +353,14 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
     scale = spec.get("scale", 1.0)
     if not isinstance(scale, int | float) or scale <= 0:
         raise CardError(f"{where}: scale must be a positive number, got {scale!r}")
-    task = TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale))
+    separator = spec.get("separator", "|")
+    if "separator" in spec and kind != "multi-label":
+        raise CardError(f"{where}: 'separator' applies only to multi-label tasks")
+    if not isinstance(separator, str) or not separator or separator.isspace():
+        raise CardError(
+            f'{where}: separator must be the text between two tags, e.g. "|", got {separator!r}'
+        )
+    task = TaskSpec(name, kind, tuple(columns), classes, ignore_index, float(scale), separator)
     return _parse_encoding(where, task, spec)
 
 
@@ -414,3 +425,17 @@ def _parse_label_map(where: str, task: TaskSpec, label_map: Any) -> tuple[int, .
             + " must be some stored value's (fixed and corrected masks are written with it)"
         )
     return tuple(label_map)
+
+
+def _tag_set(where: str, classes: Any) -> tuple[str, ...]:
+    """A multi-label task's declared tags: a non-empty list of distinct, non-empty names."""
+    if not isinstance(classes, list) or not classes or isinstance(classes, str):
+        raise CardError(f"{where}: classes must be a list of tags, got {classes!r}")
+    names = tuple(str(c) for c in classes)
+    if any(isinstance(c, bool | float | list | dict) for c in classes) or "" in names:
+        bad = next(c for c in classes if isinstance(c, bool | float | list | dict) or c == "")
+        raise CardError(f"{where}: classes: a tag is a non-empty name, got {bad!r}")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise CardError(f"{where}: classes: tag {twice!r} is listed twice")
+    return names

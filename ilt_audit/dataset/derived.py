@@ -34,6 +34,7 @@ from PIL import Image
 
 from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
 from ilt_audit.dataset.manifest import Manifest
+from ilt_audit.dataset.tags import tag_cells
 from ilt_audit.errors import OptionError
 from ilt_audit.internal.toml import toml_dumps, toml_string
 
@@ -94,6 +95,24 @@ def write_classes(output: Output, task: TaskSpec, rows: Sequence[int], new: Sequ
     for row, name in zip(rows, new, strict=True):
         values[row] = label_value(name, column.dtype, as_found)
     output.frame[task.column] = pd.Series(values, index=column.index, dtype=column.dtype)
+
+
+def write_tags(output: Output, task: TaskSpec, rows: Sequence[int], table: np.ndarray) -> None:
+    """Give some rows of a multi-label task new tag sets, ``table`` (k, C) bool over the task's
+    tags, each written in the column's own form: a list (of integers where the tags are), or
+    text joined by the task's separator. A column the reader took for numbers (one integer tag
+    per cell) is written as text throughout, so that it reads back as the same tags."""
+    manifest = output.manifest
+    names = manifest.class_names[task.name]
+    tags = manifest.tag_columns[task.name]
+    column = output.frame[task.column]
+    if tags.form == "text" and column.dtype.kind in "iuf":
+        values = tag_cells(manifest.tag_matrix(task), names, tags, task.separator)
+    else:
+        values = column.tolist()
+    for row, cell in zip(rows, tag_cells(table, names, tags, task.separator), strict=True):
+        values[row] = cell
+    output.frame[task.column] = pd.Series(values, index=column.index, dtype=object)
 
 
 def save_png(array: np.ndarray, dtype: Any, path: Path) -> None:

@@ -5,8 +5,8 @@ The card (:mod:`ilt_audit.dataset.card`) names a table; the manifest
 checked in one pass (:mod:`ilt_audit.dataset.files`); this module holds what training reads:
 
 - :func:`prepare` keeps in memory only what is the size of the table (feature columns as
-  float32, class indices, regression targets) and, for an image card, runs the files' pass,
-  which returns the normalisation statistics;
+  float32, class indices, multi-hot tag sets as bool, regression targets) and, for an image
+  card, runs the files' pass, which returns the normalisation statistics;
 - :meth:`Dataset.instances` is a map-style ``torch.utils.data.Dataset`` over some rows: item ``i``
   decodes the files of one row, resizes it with torchvision transforms v2 and normalises it.
   Masks stay uint8 (int16 for more than 256 classes) until they are in a batch on the device.
@@ -55,6 +55,7 @@ TARGET_DTYPE = {
     "segmentation": torch.int64,
     "regression": torch.float32,
     "dense-regression": torch.float32,
+    "multi-label": torch.float32,  # the (B, C) tag sets travel as bool
 }
 
 
@@ -73,7 +74,8 @@ class Dataset:
     train_index: np.ndarray  # (N_train,) int64 rows of the manifest that are trained on
     val_index: np.ndarray  # (N_val,) rows held out for validation metrics
     norm: Normalisation
-    table: dict[str, torch.Tensor]  # "input" (N, F) features; task -> (N,) int64 | (N, D) float32
+    # "input" (N, F) features; task -> (N,) int64 classes | (N, C) bool tags | (N, D) float32
+    table: dict[str, torch.Tensor]
 
     @property
     def card(self) -> Card:
@@ -92,8 +94,9 @@ class Dataset:
         return len(self.norm.input_mean)
 
     def out_features(self, task: TaskSpec) -> int:
-        """Size of the head's output for a task: classes, target columns, or 1 for depth."""
-        if task.type == "classification":
+        """Size of the head's output for a task: classes or tags, target columns, or 1 for
+        depth."""
+        if task.type in ("classification", "multi-label"):
             return len(self.manifest.class_names[task.name])
         if task.type == "segmentation":
             return task.class_count
@@ -333,6 +336,8 @@ def prepare(
     for task in card.tasks:
         if task.type == "classification":
             table[task.name] = torch.from_numpy(manifest.class_index(task))
+        elif task.type == "multi-label":
+            table[task.name] = torch.from_numpy(manifest.tag_matrix(task))  # (N, C) bool
         elif task.type == "regression":
             y = frame[list(task.columns)].to_numpy(dtype=np.float32)
             mean, std = column_stats(y[train_index])

@@ -1,9 +1,10 @@
 """The manifest: a card's table, read once and checked row by row before anything trains.
 
 Everything that can be checked on the table itself is checked here, vectorised: columns, ids,
-class labels, numeric targets and features, that the files the rows name exist. Decoding those
-files (images, masks, depth maps) is :mod:`ilt_audit.dataset.loader`'s streaming pass. Errors name the
-table, the row id and the column, and quote the offending value. It never imports torch.
+class labels, tag sets (:mod:`ilt_audit.dataset.tags`), numeric targets and features, that the
+files the rows name exist. Decoding those files (images, masks, depth maps) is
+:mod:`ilt_audit.dataset.loader`'s streaming pass. Errors name the table, the row id and the
+column, and quote the offending value. It never imports torch.
 
 Example:
     >>> manifest = load_manifest("sample_manifests/penguins/card.toml")  # doctest: +SKIP
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from collections.abc import Collection
@@ -36,6 +38,7 @@ from ilt_audit.dataset.card import (
     TaskSpec,
     load_card,
 )
+from ilt_audit.dataset.tags import TagCellError, TagColumn, read_tags, tags_text
 from ilt_audit.errors import CardError
 
 
@@ -170,12 +173,19 @@ def _line_cells(kind: str, line: str, data: bytes) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A card with its validated table: string ids, and per classification task its classes."""
+    """A card with its validated table: string ids, and per classification task its classes
+    (per multi-label task its tags)."""
 
     card: Card
     frame: pd.DataFrame  # the table as read, index reset, id column as str
     input_columns: tuple[str, ...]
-    class_names: dict[str, tuple[str, ...]]  # classification task -> class names (index order)
+    # classification task -> class names, multi-label task -> tags (index order)
+    class_names: dict[str, tuple[str, ...]]
+    # multi-label task -> its cells as read (the multi-hot table: tag_matrix)
+    tag_columns: dict[str, TagColumn] = dataclasses.field(default_factory=dict)
+    _tag_tables: dict[str, np.ndarray] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -196,6 +206,20 @@ class Manifest:
         texts = label_texts(self.frame[task.column])
         index = pd.Index(self.class_names[task.name]).get_indexer(texts)
         return index.astype(np.int64)
+
+    def tag_matrix(self, task: TaskSpec) -> np.ndarray:
+        """A multi-label task's tag sets as a multi-hot table over ``class_names[task.name]``:
+        (N, C) bool, built once."""
+        if task.name not in self._tag_tables:
+            names = self.class_names[task.name]
+            self._tag_tables[task.name] = self.tag_columns[task.name].matrix(names)
+        return self._tag_tables[task.name]
+
+    def tag_texts(self, task: TaskSpec, rows: np.ndarray) -> list[str]:
+        """Some rows' tag sets as text: the tags in the card's order joined by the task's
+        separator (``"cat|dog"``), "" for no tag."""
+        names = self.class_names[task.name]
+        return tags_text(self.tag_matrix(task)[rows], names, task.separator)
 
     def original_frame(self) -> pd.DataFrame:
         """The table read again as its file stores it (the id as text, the other columns in the
@@ -259,15 +283,18 @@ def load_manifest(card: Card | str | Path, *, check_files: bool = True) -> Manif
         _check_files(card, frame, input_columns[0], check_files)
 
     class_names: dict[str, tuple[str, ...]] = {}
+    tag_columns: dict[str, TagColumn] = {}
     for task in card.tasks:
         _require_columns(card, frame, list(task.columns), task)
         if task.type == "classification":
             class_names[task.name] = _check_classes(card, frame, task)
+        elif task.type == "multi-label":
+            tag_columns[task.name], class_names[task.name] = _check_tags(card, frame, task)
         elif task.type == "regression":
             _check_numeric(card, frame, list(task.columns), "target")
         else:
             _check_files(card, frame, task.column, check_files)
-    return Manifest(card, frame, input_columns, class_names)
+    return Manifest(card, frame, input_columns, class_names, tag_columns)
 
 
 def _text_columns(card: Card) -> list[str]:
@@ -276,7 +303,7 @@ def _text_columns(card: Card) -> list[str]:
     if card.input.type == "image":
         columns.append(card.input.columns[0])
     for task in card.tasks:
-        if task.type != "regression":
+        if task.type not in ("regression", "multi-label"):  # tags may be lists, checked there
             columns.append(task.column)
     return columns
 
@@ -403,3 +430,41 @@ def _check_classes(card: Card, frame: pd.DataFrame, task: TaskSpec) -> tuple[str
             f"label outside the class set {list(allowed)}",
         )
     return allowed
+
+
+def _check_tags(
+    card: Card, frame: pd.DataFrame, task: TaskSpec
+) -> tuple[TagColumn, tuple[str, ...]]:
+    """A multi-label task's cells read as tag sets, and its tags: the card's ``classes``, or
+    every tag the column holds."""
+    try:
+        column = read_tags(frame[task.column], task.separator)
+    except TagCellError as exc:
+        _fail(
+            card,
+            frame.index[exc.row],
+            frame,
+            task.column,
+            frame[task.column].iloc[exc.row],
+            exc.why,
+        )
+    if isinstance(task.classes, tuple):
+        outside = column.unknown(task.classes)
+        if outside is not None:
+            row, tag = outside
+            _fail(
+                card,
+                frame.index[row],
+                frame,
+                task.column,
+                frame[task.column].iloc[row],
+                f"tag {tag!r} is not one of the task's classes {list(task.classes)}",
+            )
+        return column, task.classes
+    found = column.names()
+    if not found:
+        raise CardError(
+            f"{card.table_path}: column {task.column!r} (task {task.name!r}) holds no tag in any "
+            "row; a multi-label task needs at least one"
+        )
+    return column, found

@@ -60,9 +60,11 @@ from ilt_audit.errors import OptionError
 from ilt_audit.review.decisions import KINDS, PREDICTION, Decision, DecisionError, DecisionStore
 from ilt_audit.review.decisions import check_decision as check
 from ilt_audit.review.instances import (
+    NO_TAG,
     Numbers,
     PredictionsUnavailable,
     Predictor,
+    TagGuess,
     depth_range,
     depth_rgb,
     error_rate_text,
@@ -365,12 +367,26 @@ class Review:
             "prediction_map": None,
             "range": None,
             "outline": None,
+            "tags": [],
         }
         guess = predicted.get(task.name) if predicted is not None else None
         labelled = None
         if task.type == "classification":
             view["prediction"] = str(guess) if guess is not None else None
             view["suggested"] = guess.name if guess is not None else found["label"]
+        elif task.type == "multi-label":
+            view["prediction"] = str(guess) if guess is not None else None
+            view["label"] = found["label"] or NO_TAG
+            names = self.manifest.class_names[task.name]
+            have = self.manifest.tag_matrix(task)[row]  # (C,) the tags as the label gives them
+            view["tags"] = [
+                {
+                    "name": name,
+                    "checked": bool(given),
+                    "p": f"{guess.probability(name):.0%}" if isinstance(guess, TagGuess) else None,
+                }
+                for name, given in zip(names, have, strict=True)
+            ]
         elif task.type == "regression":
             view["prediction"] = str(guess) if guess is not None else None
             labelled = label_numbers(self.manifest, task, row)

@@ -1,8 +1,8 @@
 """Review decisions on suspect labels, kept in a SQLite database inside the run directory.
 
 A reviewer (in ``ilt-audit review`` or in a spreadsheet) decides, per instance and task, to
-**keep** the label, **relabel** it (a class name, the task's numbers, or, for a mask or a depth
-map, the model's prediction) or **drop** the instance. Every decision is one row appended to
+**keep** the label, **relabel** it (a class name, a tag set, the task's numbers, or, for a mask
+or a depth map, the model's prediction) or **drop** the instance. Every decision is one row appended to
 ``RUN/review.sqlite`` (``id, task, decision, value, reviewer, time``); nothing is updated in
 place, so two reviewers deciding at once never lose a decision, and the history stays. The
 decision that counts for an (instance, task) is the latest one (:meth:`DecisionStore.latest`).
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     id TEXT NOT NULL,
     task TEXT NOT NULL,
     decision TEXT NOT NULL CHECK (decision IN ('keep', 'relabel', 'drop')),
-    value TEXT,  -- relabel: a class name, a JSON list of numbers, or 'prediction'; else NULL
+    value TEXT,  -- relabel: a class name, a JSON list of tags or numbers, or 'prediction'; else NULL
     reviewer TEXT NOT NULL,
     time TEXT NOT NULL  -- ISO 8601, UTC
 );
@@ -87,9 +87,11 @@ def check_decision(
 ) -> Decision:
     """The decision, checked against the card and manifest and with its value in canonical form.
 
-    A relabel's value is a class name of the task (classification), the task's numbers as a
-    JSON list or comma-separated, one per column (regression), or ``"prediction"`` (masks and
-    depth maps: the model's output replaces the label). Keep and drop carry no value. ``ids``
+    A relabel's value is a class name of the task (classification), the new tag set as a JSON
+    list (``["cat", "dog"]``, ``[]`` for none) or joined by the task's separator (``cat|dog``)
+    (multi-label; kept as a JSON list in the card's tag order), the task's numbers as a JSON list
+    or comma-separated, one per column (regression), or ``"prediction"`` (masks and depth maps:
+    the model's output replaces the label). Keep and drop carry no value. ``ids``
     is ``pd.Index(manifest.ids)``, passed in when many decisions are checked.
     """
     card = manifest.card
@@ -131,6 +133,22 @@ def _check_value(manifest: Manifest, task: TaskSpec, value: str) -> str:
                 "value",
             )
         return value
+    if task.type == "multi-label":
+        names = manifest.class_names[task.name]
+        tags = parse_tags(value, task.separator)
+        if tags is None:
+            raise DecisionError(
+                f"task {task.name!r} takes a tag set: a JSON list of tags (e.g. "
+                f'["{names[0]}"], [] for none) or tags joined by {task.separator!r}, got {value!r}',
+                "value",
+            )
+        unknown = next((t for t in tags if t not in names), None)
+        if unknown is not None:
+            raise DecisionError(
+                f"{unknown!r} is not a tag of task {task.name!r}; its tags are: {', '.join(names)}",
+                "value",
+            )
+        return json.dumps([n for n in names if n in tags])
     if task.type == "regression":
         numbers = parse_numbers(value)
         if numbers is None or len(numbers) != len(task.columns):
@@ -147,6 +165,21 @@ def _check_value(manifest: Manifest, task: TaskSpec, value: str) -> str:
             "value",
         )
     return value
+
+
+def parse_tags(value: str, separator: str) -> list[str] | None:
+    """``'["cat", "dog"]'`` or ``"cat|dog"`` (``separator`` between tags) as tag names; None
+    when it is neither (an empty tag included). Integers in a JSON list are tags too."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return None
+        tags = [str(v) for v in parsed if isinstance(v, str | int) and not isinstance(v, bool)]
+        return tags if len(tags) == len(parsed) and all(tags) else None
+    tags = [t.strip() for t in text.split(separator)]
+    return tags if all(tags) else None
 
 
 def parse_numbers(value: str) -> list[float] | None:

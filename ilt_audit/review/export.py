@@ -7,6 +7,8 @@ relative to the data folder, or the feature values), and its ``predictions`` hol
 the manifest gives, as a pre-annotation that the annotator confirms or corrects:
 
 - classification: a ``choices`` result (the class name);
+- multi-label: a ``choices`` result holding the row's tags (a ``Choices`` control with
+  ``choice="multiple"``);
 - regression: one ``number`` result per target column;
 - segmentation: one ``brushlabels`` result per class painted in the mask (class 0, the
   background, and ``ignore_index`` stay unpainted), in Label Studio's brush RLE
@@ -29,6 +31,7 @@ import posixpath
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -105,6 +108,13 @@ def _choices(row: _Row) -> list[dict[str, Any]]:
     return [_result(row.task.name, "choices", {"choices": [xml_text(label)]}, f"{row.task.name}-0")]
 
 
+def _tag_choices(row: _Row) -> list[dict[str, Any]]:
+    names = row.manifest.class_names[row.task.name]
+    have = row.manifest.tag_matrix(row.task)[row.position]  # (C,)
+    tags = [xml_text(names[c]) for c in np.flatnonzero(have)]
+    return [_result(row.task.name, "choices", {"choices": tags}, f"{row.task.name}-0")]
+
+
 def _numbers(row: _Row) -> list[dict[str, Any]]:
     return [
         _result(_number_name(row.task, i), "number", {"number": float(row.cell(column))}, None)
@@ -139,9 +149,11 @@ def _no_control(row: _Row) -> list[dict[str, Any]]:
     return []
 
 
-def _choices_xml(view: ET.Element, task: TaskSpec, manifest: Manifest) -> None:
+def _choices_xml(
+    view: ET.Element, task: TaskSpec, manifest: Manifest, choice: str = "single"
+) -> None:
     choices = ET.SubElement(
-        view, "Choices", name=task.name, toName=INPUT, choice="single", showInline="true"
+        view, "Choices", name=task.name, toName=INPUT, choice=choice, showInline="true"
     )
     for name in manifest.class_names[task.name]:
         ET.SubElement(choices, "Choice", value=xml_text(name))  # as in the results
@@ -178,6 +190,9 @@ EXPORTS: dict[str, _Export] = {
     "regression": _Export(_numbers, _numbers_xml, label_file=False),
     "segmentation": _Export(_brushes, _brushes_xml, label_file=True),
     "dense-regression": _Export(_no_control, _no_control_xml, label_file=True),  # no control
+    "multi-label": _Export(
+        _tag_choices, partial(_choices_xml, choice="multiple"), label_file=False
+    ),
 }
 
 
@@ -284,7 +299,8 @@ def label_studio_config(run: RunLike, tasks: Sequence[dict[str, Any]]) -> str:
     """The labelling interface (Label Studio's XML config) for ``tasks`` from
     :func:`label_studio_tasks` of the same run: the input (``Image``, or a ``Table`` of the
     features) and, for each task of the card that ``tasks`` holds, the control that its
-    pre-annotations name (``Choices``, one ``Number`` per column, ``BrushLabels``).
+    pre-annotations name (``Choices``, multiple for tags, one ``Number`` per column,
+    ``BrushLabels``).
 
     Example:
         >>> print(label_studio_config("runs/penguins", tasks))  # doctest: +SKIP

@@ -11,7 +11,8 @@ original dataset is never modified.
 
 - ``keep``: nothing changes (the row in ``changes.parquet`` has ``old == new``);
 - ``relabel``: a class is written back in the table's own representation (text stays text,
-  integers stay integers), a regression task's numbers go into its columns, and a mask or depth
+  integers stay integers), a tag set likewise (a list stays a list, text is joined by the
+  task's separator), a regression task's numbers go into its columns, and a mask or depth
   map is replaced by the trained model's prediction for that instance (an argmax PNG, or a
   float32 ``.npy`` in the label's units), at the size of the instance's image;
 - ``drop``: the instance leaves the new manifest, whatever the decisions on its other tasks.
@@ -50,9 +51,11 @@ from ilt_audit.dataset.derived import (
     save_png,
     write_classes,
     write_derived,
+    write_tags,
 )
 from ilt_audit.dataset.manifest import Manifest, label_texts
 from ilt_audit.dataset.opening import open_dataset
+from ilt_audit.dataset.tags import read_tags, tags_json
 from ilt_audit.errors import RunDirError
 from ilt_audit.internal.toml import toml_string
 from ilt_audit.review.decisions import (
@@ -73,7 +76,8 @@ CHANGES_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("task", pa.string()),
         ("decision", pa.string()),
-        ("old", pa.string()),  # a class name, a JSON list of numbers, or a file path (from DIR)
+        # a class name, a JSON list of tags or numbers, or a file path (from DIR)
+        ("old", pa.string()),
         ("new", pa.string()),  # the same; null where the instance was dropped
         ("reviewer", pa.string()),
         ("time", pa.string()),
@@ -221,9 +225,14 @@ def _checked_decisions(run: Run, manifest: Manifest) -> list[Decision]:
 
 
 def _describe(output: Output, task: TaskSpec, rows: np.ndarray) -> list[str]:
-    """Some rows' labels as text: the class name, the numbers as JSON, or the file (from DIR)."""
+    """Some rows' labels as text: the class name, the tags or numbers as JSON, or the file (from
+    DIR)."""
     if task.type == "classification":
         return [str(v) for v in label_texts(output.frame[task.column].iloc[rows])]
+    if task.type == "multi-label":
+        names = output.manifest.class_names[task.name]
+        cells = read_tags(output.frame[task.column].iloc[rows], task.separator)
+        return tags_json(cells.matrix(names), names)
     if task.type == "regression":
         values = output.frame[list(task.columns)].to_numpy(dtype=np.float64)[rows]  # (m, D)
         return [json.dumps(v) for v in values.tolist()]
@@ -237,6 +246,14 @@ Predictions = dict[tuple[str, int], np.ndarray]  # (task, row) -> (H, W) in the 
 def _relabel_class(output: Output, task: TaskSpec, relabel: Relabel, _: Predictions) -> None:
     """The new class in the column's own representation (ints stay ints, text stays text)."""
     write_classes(output, task, [row for row, _ in relabel], [str(name) for _, name in relabel])
+
+
+def _relabel_tags(output: Output, task: TaskSpec, relabel: Relabel, _: Predictions) -> None:
+    """The new tag set in the column's own form (a list, or text joined by the separator)."""
+    names = output.manifest.class_names[task.name]
+    chosen = [set(json.loads(value or "[]")) for _, value in relabel]
+    table = np.array([[n in tags for n in names] for tags in chosen], dtype=bool)  # (m, C)
+    write_tags(output, task, [row for row, _ in relabel], table.reshape(len(chosen), len(names)))
 
 
 def _relabel_numbers(output: Output, task: TaskSpec, relabel: Relabel, _: Predictions) -> None:
@@ -270,6 +287,7 @@ _RELABEL: dict[str, Callable[[Output, TaskSpec, Relabel, Predictions], None]] = 
     "regression": _relabel_numbers,
     "segmentation": _relabel_map,
     "dense-regression": _relabel_map,
+    "multi-label": _relabel_tags,
 }
 
 

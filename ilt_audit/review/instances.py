@@ -47,6 +47,9 @@ OUTLINE_TEXT = {
 }
 
 
+NO_TAG = "no tag"  # how an empty tag set is shown
+
+
 class PredictionsUnavailable(Exception):
     """The model's predictions cannot be shown; the message says why, in one sentence."""
 
@@ -60,6 +63,28 @@ class ClassGuess:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.probability:.0%})"
+
+
+@dataclass(frozen=True)
+class TagGuess:
+    """A multi-label task's prediction: every tag's probability, in the card's tag order."""
+
+    names: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    @property
+    def tags(self) -> list[str]:
+        """The tags the network predicts: those above even odds."""
+        return [n for n, p in zip(self.names, self.probabilities, strict=True) if p > 0.5]
+
+    def probability(self, tag: str) -> float:
+        return self.probabilities[self.names.index(tag)]
+
+    def __str__(self) -> str:
+        shown = [
+            f"{n} ({p:.0%})" for n, p in zip(self.names, self.probabilities, strict=True) if p > 0.5
+        ]
+        return ", ".join(shown) or NO_TAG
 
 
 @dataclass(frozen=True)
@@ -351,6 +376,12 @@ def _decode_class(task: TaskSpec, data: Any, out: Any) -> list[ClassGuess]:
     return [ClassGuess(names[int(c)], float(p[c])) for c, p in zip(best, probability, strict=True)]
 
 
+def _decode_tags(task: TaskSpec, data: Any, out: Any) -> list[TagGuess]:
+    names = data.manifest.class_names[task.name]
+    probability = out.sigmoid().tolist()  # (B, C)
+    return [TagGuess(names, tuple(row)) for row in probability]
+
+
 def _decode_vector(task: TaskSpec, data: Any, out: Any) -> list[Numbers]:
     values = _unscale(task, data, out)  # (B, D)
     return [Numbers(task.columns, tuple(float(v) for v in row)) for row in values]
@@ -369,6 +400,7 @@ _DECODE: dict[str, Callable[[TaskSpec, Any, Any], list[Any]]] = {
     "regression": _decode_vector,
     "segmentation": _decode_mask,
     "dense-regression": _decode_depth,
+    "multi-label": _decode_tags,
 }
 
 
@@ -472,6 +504,29 @@ def _class_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
     ]
 
 
+def _tag_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
+    pairs = []
+    if e.get("tag_missing") is not None:
+        tag, p = e["tag_missing"], e.get("p_tag_missing")
+        text = (
+            f"the network sees {tag} ({_chance(p)}), which the label lacks"
+            if (p or 0.0) > 0.5
+            else f"no tag looks missing (the likeliest absent one, {tag}: {_chance(p)})"
+        )
+        pairs.append(("missing_tag", text))
+    if e.get("tag_extra") is not None:
+        tag, p = e["tag_extra"], e.get("p_tag_extra")
+        doubt = None if p is None else 1.0 - p  # extra_tag: how sure the network is it is absent
+        text = (
+            f"the label has {tag}, which the network rules out ({_chance(doubt)})"
+            if (doubt or 0.0) > 0.5
+            else f"the network sees every tag of the label (the most doubted, {tag}: "
+            f"{_chance(doubt)})"
+        )
+        pairs.append(("extra_tag", text))
+    return sorted(pairs, key=lambda pair: pair[0] != e.get("signal"))  # the deciding one first
+
+
 def _regression_details(e: dict[str, Any], label: str) -> list[tuple[str, str]]:
     if e.get("residual_sd") is None:
         return []
@@ -506,16 +561,20 @@ _DETAILS: dict[str, Callable[[dict[str, Any], str], list[tuple[str, str]]]] = {
     "regression": _regression_details,
     "dense-regression": _dense_details,
     "segmentation": _segmentation_details,
+    "multi-label": _tag_details,
 }
 # a deciding signal's value and a typical label's, as people read them
 _SIGNAL_TEXT: dict[str, Callable[[float | None], str]] = {
     "missing": _share,
     "extra": _share,
     "holes": _share,
+    "missing_tag": _chance,
+    "extra_tag": _chance,
     "iou": lambda v: "–" if v is None else f"{v:.2f}",
     "residual": lambda v: "–" if v is None else f"{abs(v):.2g} SD",
     "log_ratio": lambda v: "–" if v is None else f"×{math.exp(abs(v)):.3g}",
     "loss": lambda v: "–" if v is None else f"loss {v:.3g}",
     "log_sigma2": lambda v: "–" if v is None else f"mean log σ² {v:.2f}",
 }
-_SAYS_ITSELF = {"margin"}  # signals whose details already say what the deciding text would
+# signals whose details already say what the deciding text would
+_SAYS_ITSELF = {"margin", "missing_tag", "extra_tag"}

@@ -52,6 +52,7 @@ from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import OptionError
 from ilt_audit.internal.files import write_text_atomic
 from ilt_audit.review.instances import (
+    NO_TAG,
     Numbers,
     PredictionsUnavailable,
     depth_range,
@@ -314,7 +315,7 @@ def _input_view(page: _Page, row: pd.Series) -> _View:
 
 def _text_views(page: _Page, task: TaskSpec, row: pd.Series) -> tuple[_View, _View | None]:
     predicted = page.predictions.get(task.name, {}).get(row.id)
-    shown = _View("text", str(row.label))
+    shown = _View("text", str(row.label) or NO_TAG)  # only a tag set's text can be empty
     return shown, None if predicted is None else _View("text", str(predicted))
 
 
@@ -352,6 +353,7 @@ _VIEWS: dict[str, Callable[[_Page, TaskSpec, pd.Series], tuple[_View, _View | No
     "regression": _text_views,
     "segmentation": _mask_views,
     "dense-regression": _depth_views,
+    "multi-label": _text_views,
 }
 
 

@@ -18,6 +18,12 @@ beside ``log_sigma2`` and ``loss``. Which signals a task type has is one table,
   confidently (p > 0.5) calls an object class where the label has background or another class;
   ``extra``, the share the label calls an object where the network confidently says background
   or another class; ``iou``, the IoU of the predicted and the labelled objects;
+- multi-label (a probability per tag, the sigmoid of its logit): ``missing_tag``, the largest
+  probability among the tags the label lacks (a tag the network is sure of and the label leaves
+  out; 0 when the label has every tag) and ``missing_tag_index``, which tag that is (its index
+  in the card's order, -1 for none); ``extra_tag``, 1 − the smallest probability among the tags
+  the label has (a tag the label gives that the network denies; 0 when the label has none) and
+  ``extra_tag_index``;
 - regression: ``residual``, the root mean square of prediction − label over the task's columns
   in its z units; ``log_ratio``, the mean over the columns of log(|prediction| / |label|) in the
   data's own units (a unit error's signature);
@@ -140,6 +146,39 @@ def _iou(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale |
     return both.to(out.dtype).div(either.clamp(min=1)).masked_fill(either == 0, 1.0)
 
 
+# --- multi-label: logits (B, C), targets (B, C) multi-hot -------------------------------------
+
+
+def _absent_probabilities(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each tag's probability where the label lacks it, 0 where it has it: (B, C)."""
+    return out.sigmoid().masked_fill(target > 0.5, 0.0)
+
+
+def _present_probabilities(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each tag's probability where the label has it, 1 where it lacks it: (B, C)."""
+    return out.sigmoid().masked_fill(target < 0.5, 1.0)
+
+
+def _missing_tag(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
+    return _absent_probabilities(out, target).max(dim=1).values  # (B,)
+
+
+def _missing_tag_index(
+    out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None
+):
+    index = _absent_probabilities(out, target).argmax(dim=1).float()  # (B,)
+    return index.masked_fill((target > 0.5).all(dim=1), -1.0)
+
+
+def _extra_tag(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
+    return 1.0 - _present_probabilities(out, target).min(dim=1).values  # (B,)
+
+
+def _extra_tag_index(out: torch.Tensor, target: torch.Tensor, task: TaskSpec, scale: Scale | None):
+    index = _present_probabilities(out, target).argmin(dim=1).float()  # (B,)
+    return index.masked_fill((target < 0.5).all(dim=1), -1.0)
+
+
 # --- regression: outputs (B, D), targets (B, D) in z units -----------------------------------
 
 
@@ -214,6 +253,12 @@ SIGNALS: dict[str, tuple[Signal, ...]] = {
         Signal("residual", _dense_residual),
         Signal("log_ratio", _dense_log_ratio),
         Signal("holes", _holes),
+    ),
+    "multi-label": (
+        Signal("missing_tag", _missing_tag),
+        Signal("missing_tag_index", _missing_tag_index),
+        Signal("extra_tag", _extra_tag),
+        Signal("extra_tag_index", _extra_tag_index),
     ),
 }
 # Every evidence column of the trajectory files, in the order they are stored.

@@ -21,6 +21,11 @@ def _classification(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) 
     return F.cross_entropy(output, target, reduction="none")  # l_cls: (B,)
 
 
+def _multi_label(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    # l_cls of a tag set: the binary cross-entropy of each tag, averaged over the C tags: (B,)
+    return F.binary_cross_entropy_with_logits(output, target, reduction="none").mean(dim=1)
+
+
 def _regression(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
     return (output - target).pow(2).sum(dim=1)  # l_reg, squared L2 over the target vector: (B,)
 
@@ -49,6 +54,7 @@ INSTANCE_LOSS: dict[str, InstanceLoss] = {
     "regression": _regression,
     "segmentation": _segmentation,
     "dense-regression": _dense_regression,
+    "multi-label": _multi_label,
 }
 
 # Which negative log-likelihood a task type follows: "cls" is eq. (4), L = l / σ² + log σ²;
@@ -58,6 +64,7 @@ LIKELIHOOD = {
     "segmentation": "cls",
     "regression": "reg",
     "dense-regression": "reg",
+    "multi-label": "cls",  # a sum of Bernoulli likelihoods, as cross-entropy's categorical one
 }
 
 

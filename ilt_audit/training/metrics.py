@@ -1,4 +1,8 @@
-"""Model quality per task on held-out rows: accuracy, mIoU, mean absolute error.
+"""Model quality per task on held-out rows: accuracy, mIoU, micro F1, mean absolute error.
+
+Multi-label tasks report the micro-averaged F1 of the tags: every (instance, tag) pair counts
+once, a tag is predicted where its probability is above 0.5, and F1 = 2 TP / (2 TP + FP + FN)
+(NaN when the rows have no tag and none is predicted).
 
 Regression and dense-regression errors are reported in the label's own units (the normalisation
 applied for training is undone); a map's pixels without a target (the card's ``invalid``) are
@@ -37,6 +41,17 @@ def _accuracy(
     return {"correct": float((out.argmax(dim=1) == y).sum()), "count": float(len(y))}
 
 
+def _tag_counts(
+    task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
+    predicted, given = out > 0, y > 0.5  # (B, C) each: a logit above 0 is a probability above 0.5
+    return {
+        "tp": float((predicted & given).sum()),
+        "fp": float((predicted & ~given).sum()),
+        "fn": float((~predicted & given).sum()),
+    }
+
+
 def _abs_error(
     task: TaskSpec, data: Dataset, out: torch.Tensor, y: torch.Tensor
 ) -> dict[str, float]:
@@ -62,12 +77,16 @@ _PARTS: dict[str, Callable[[TaskSpec, Dataset, torch.Tensor, torch.Tensor], dict
     "regression": _abs_error,
     "segmentation": _confusion,
     "dense-regression": _abs_error,
+    "multi-label": _tag_counts,
 }
 
 
 def _finish(task: TaskSpec, totals: dict[str, Any]) -> dict[str, float]:
     if task.type == "classification":
         return {"accuracy": totals["correct"] / totals["count"]}
+    if task.type == "multi-label":
+        counted = 2 * totals["tp"] + totals["fp"] + totals["fn"]
+        return {"micro_f1": 2 * totals["tp"] / counted if counted else float("nan")}
     if task.type == "segmentation":
         confusion = totals["confusion"].double()
         union = confusion.sum(0) + confusion.sum(1) - confusion.diag()

@@ -1,7 +1,7 @@
 """A table (CSV, Parquet, JSON Lines): each column's role is inferred from its values (an id, an
-image path, class labels, regression targets, mask or depth-map paths, a train/val split, numeric
-features) or settled by hand (``--task``, ``--input``, ``--id``, ``--skip``); the card points at
-the table itself."""
+image path, class labels, lists of tags, regression targets, mask or depth-map paths, a train/val
+split, numeric features) or settled by hand (``--task``, ``--input``, ``--id``, ``--skip``); the
+card points at the table itself."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from ilt_audit.dataset.layouts.sampling import (
     sample_files,
     sample_rows,
 )
+from ilt_audit.dataset.tags import TagCellError, read_tags
 from ilt_audit.errors import CardError, OptionError
 
 CLASS_LIMIT = 50  # an integer column with at most this many distinct values holds classes
@@ -418,6 +419,15 @@ def _infer_task(
         if files.kind == "mask":
             return name, dense_task(draft, column, name, files)
         return None  # images: the input, or noted as left out
+    if _holds_lists(values):
+        try:
+            tags = read_tags(values, "|").names()
+        except TagCellError:  # the card's check names the cell
+            tags = ()
+        shown = ", ".join(tags[:5]) + (", …" if len(tags) > 5 else "")
+        why = f"a list per row: {len(tags)} distinct tags" + (f" ({shown})" if tags else "")
+        draft.note(column, f"task {name}: multi-label", why)
+        return name, {"type": "multi-label", "column": column}
     distinct = int(values.nunique(dropna=True))
     rows = len(values)
     if distinct < 2:
@@ -470,6 +480,12 @@ def _infer_task(
         return name, {"type": "regression", "columns": [column]}
     draft.note(column, "left out", f"{kind} values: not a label type ilt-audit reads")
     return None
+
+
+def _holds_lists(values: pd.Series) -> bool:
+    """Whether a column holds a list per cell (Parquet list columns, JSON arrays)."""
+    present = values.dropna()
+    return not present.empty and isinstance(present.iloc[0], list | np.ndarray)
 
 
 def _task_name(column: str, taken: set[str]) -> str:

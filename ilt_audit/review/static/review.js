@@ -92,16 +92,22 @@
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         const fields = [...form.querySelectorAll("[name=value]")];
-        const value = fields.length === 1 && fields[0].tagName === "SELECT"
-          ? fields[0].value : fields.map((f) => Number(f.value));
+        let value;
+        if (fields.length && fields[0].type === "checkbox") {  // tags: the ticked ones
+          value = fields.filter((f) => f.checked).map((f) => f.value);
+        } else if (fields.length === 1 && fields[0].tagName === "SELECT") {
+          value = fields[0].value;
+        } else {
+          value = fields.map((f) => Number(f.value));
+        }
         form.hidden = true;
         act(card, "relabel", value);
       });
       form.querySelector(".cancel").addEventListener("click", () => { form.hidden = true; card.focus(); });
       form.addEventListener("keydown", (event) => {
         if (event.key === "Escape") { event.preventDefault(); form.hidden = true; card.focus(); }
-        // a list does not submit its form on Enter by itself
-        if (event.key === "Enter" && event.target.tagName === "SELECT") {
+        // a list or a check box does not submit its form on Enter by itself
+        if (event.key === "Enter" && (event.target.tagName === "SELECT" || event.target.type === "checkbox")) {
           event.preventDefault();
           form.requestSubmit();
         }
