@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-import ilt_audit.dataset.card as dataset_card
 import ilt_audit.dataset.layouts.draft as draft_module
 from ilt_audit.dataset.layouts import init_card
 
@@ -140,9 +139,14 @@ def test_a_coco_folder_gives_seg_and_count_tasks_a_categories_column_and_its_spl
     raw = tomllib.loads(card.read_text(encoding="utf-8"))
     assert raw["split"] == "split" and "root" not in raw
     assert raw["input"] == {"type": "image", "column": "image"}
-    assert raw["tasks"] == {  # categories: a column only, until cards know multi-label
+    assert raw["tasks"] == {
         "seg": {"type": "segmentation", "column": "mask", "classes": 4, "ignore_index": 255},
         "count": {"type": "regression", "columns": ["count"]},
+        "categories": {
+            "type": "multi-label",
+            "column": "categories",
+            "classes": ["square", "triangle", "blob"],
+        },
     }
     manifest = pd.read_csv(tmp_path / "coco.manifest.csv", dtype=str, keep_default_na=False)
     assert manifest.columns.tolist() == ["id", "image", "mask", "count", "categories", "split"]
@@ -165,7 +169,7 @@ def test_a_coco_folder_gives_seg_and_count_tasks_a_categories_column_and_its_spl
         and "coco.manifest.csv and " in result.err
         and "coco.masks/ with 9 files of" in result.err
     )
-    assert "left out: a column only" in result.out
+    assert "task categories: multi-label" in result.out
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -286,34 +290,10 @@ def test_a_card_elsewhere_names_the_common_folder_as_root(tmp_path, cli):
     assert manifest["mask"].iloc[0] == "cards/coco.masks/1.png"
 
 
-# --- the categories task, once cards know multi-label -------------------------------------------
+# --- the categories task ----------------------------------------------------------------------
 
 
-def _with_multi_label(monkeypatch) -> None:
-    """This branch's cards have no multi-label type yet: pretend they do, and skip the check of
-    the card that would refuse it."""
-    monkeypatch.setattr(dataset_card, "TASK_TYPES", (*dataset_card.TASK_TYPES, "multi-label"))
-    monkeypatch.setattr(draft_module, "open_dataset", lambda *args, **kwargs: None)
-
-
-def test_the_categories_become_a_multi_label_task_once_cards_know_the_type(
-    tmp_path, cli, monkeypatch
-):
-    _with_multi_label(monkeypatch)
-    data = coco_layout(tmp_path / "coco", val=0)
-    card = tmp_path / "coco.toml"
-    result = cli("init", data, "--out", card)
-    assert result.exit_code == 0, result.stderr
-    assert tomllib.loads(card.read_text())["tasks"]["categories"] == {
-        "type": "multi-label",
-        "column": "categories",
-        "classes": ["square", "triangle", "blob"],
-    }
-    assert "task categories: multi-label" in result.out
-
-
-def test_category_names_stay_text_and_choose_the_separator(tmp_path, cli, monkeypatch):
-    _with_multi_label(monkeypatch)
+def test_category_names_stay_text_and_choose_the_separator(tmp_path, cli):
     path = write_split(tmp_path / "coco", "train", 3)
     names = ['a|b "q"', "[red]x\ny", "c = 1\\"]
 

@@ -96,6 +96,7 @@ def test_likelihood_of_each_task_type():
         "segmentation": "cls",
         "regression": "reg",
         "dense-regression": "reg",
+        "multi-label": "cls",  # binary cross-entropy over the tags: a classification likelihood
     }
     assert likelihood_scale(TASKS).tolist() == [CLS, REG, CLS, REG]
 

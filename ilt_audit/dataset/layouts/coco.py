@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ilt_audit.dataset import card as dataset_card
 from ilt_audit.dataset.card import ESCAPING_PATH, MAX_PIXELS
 from ilt_audit.dataset.derived import file_stem, save_png
 from ilt_audit.dataset.layouts.draft import (
@@ -180,7 +179,7 @@ def read_coco(
 
 
 def _tasks(draft: Draft, names: list[str], separator: str) -> dict[str, Any]:
-    """The card's tasks: ``seg``, ``count`` and, once cards know multi-label, ``categories``."""
+    """The card's tasks: ``seg``, ``count`` and ``categories``."""
     shown = ", ".join(f"{c} {n}" for c, n in enumerate(names[:10], start=1))
     draft.note(
         "mask",
@@ -203,25 +202,15 @@ def _tasks(draft: Draft, names: list[str], separator: str) -> dict[str, Any]:
         },
         "count": {"type": "regression", "columns": ["count"]},
     }
-    # The multi-label task type is being added beside this importer (issue 22); until this
-    # version's cards know it, the column is written but not made a task.
-    if "multi-label" in dataset_card.TASK_TYPES:
-        tasks["categories"] = {"type": "multi-label", "column": "categories", "classes": names}
-        if separator != "|":
-            tasks["categories"]["separator"] = separator
-        draft.note(
-            "categories",
-            "task categories: multi-label",
-            f"the categories present in each image, crowd ones too, {separator!r}-separated: "
-            f"{len(names)} classes",
-        )
-    else:
-        draft.note(
-            "categories",
-            "left out: a column only",
-            f"the categories present in each image, {separator!r}-separated, are in the "
-            "manifest; this version's cards have no multi-label task type to train on them",
-        )
+    tasks["categories"] = {"type": "multi-label", "column": "categories", "classes": names}
+    if separator != "|":
+        tasks["categories"]["separator"] = separator
+    draft.note(
+        "categories",
+        "task categories: multi-label",
+        f"the categories present in each image, crowd ones too, {separator!r}-separated: "
+        f"{len(names)} classes",
+    )
     return tasks
 
 
