@@ -1,10 +1,13 @@
 """Reading a dataset's layout into a dataset card: what ``ilt-audit init`` writes.
 
-Three layouts that tools already agree on are read:
+Four layouts that tools already agree on are read:
 
-- a **table** (CSV, Parquet, JSON Lines): each column's role is inferred from its values (an id,
-  an image path, class labels, regression targets, mask or depth-map paths, a train/val split,
-  numeric features), and the card points at the table itself;
+- a **table** (CSV, Parquet, JSON Lines, Arrow): each column's role is inferred from its values
+  (an id, an image path, class labels, regression targets, mask or depth-map paths, a train/val
+  split, numeric features), and the card points at the table itself;
+- a **Hugging Face dataset**: a folder written by ``save_to_disk``, or a table ``datasets``
+  exported, read as a table whose images are stored in it, whose ``ClassLabel`` columns name
+  their classes and whose rows are numbered when it has no id column;
 - an **ImageFolder** tree (torchvision's: one folder per class, optionally under ``train/`` and
   ``val/``): one classification task whose classes are the folder names;
 - **paired folders** of images and masks (``images/`` and ``masks/``, ``img/`` and ``ann/``,
@@ -26,6 +29,7 @@ set, and the inference says which.
 One module per format, and the pieces they share (the imports among them form no cycle):
 
 - :mod:`~ilt_audit.dataset.layouts.table`: a table, and the ``--task`` option;
+- :mod:`~ilt_audit.dataset.layouts.huggingface`: what a Hugging Face export adds to a table;
 - :mod:`~ilt_audit.dataset.layouts.image_folder`: an ImageFolder tree;
 - :mod:`~ilt_audit.dataset.layouts.paired`: paired folders of images and masks;
 - :mod:`~ilt_audit.dataset.layouts.folders`: what the folder layouts share: the folder names
@@ -53,6 +57,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ilt_audit.dataset.huggingface import DATASET_DICT, is_saved
 from ilt_audit.dataset.layouts.draft import (
     Draft,
     Inference,
@@ -110,13 +115,19 @@ def init_card(
         raise CardError(f"{path}: not found; give a table (CSV, Parquet, JSON Lines) or a folder")
     if path.is_file() and out.resolve() == path.resolve():
         raise OptionError(f"--out {out}: that is the table itself; name a new .toml file")
-    manifest_path = out.with_name(f"{out.stem}.manifest.csv") if path.is_dir() else None
+    folder_layout = path.is_dir() and not is_saved(path)
+    if folder_layout and (path / DATASET_DICT).is_file():
+        raise CardError(
+            f"{path}: a DatasetDict saved with save_to_disk; give one split's folder, e.g. "
+            f"{path / 'train'}"
+        )
+    manifest_path = out.with_name(f"{out.stem}.manifest.csv") if folder_layout else None
     for target in (out, manifest_path):
         if target is not None and target.exists() and not force:
             raise OutputError(f"{target} already exists; pass --force to replace it")
     check_output(out)
     folder = out.parent.resolve()  # the card's folder
-    if path.is_dir():
+    if folder_layout:
         given = [
             flag
             for flag, value in (("--task", options), ("--input", inputs), ("--id", id_column))

@@ -39,7 +39,7 @@ class InitResult:
 
     card: Path
     manifest: Path | None  # the manifest written beside the card (folder layouts)
-    layout: str  # "table", "imagefolder" or "paired"
+    layout: str  # "table", "saved" (a save_to_disk folder), "imagefolder" or "paired"
     inferences: tuple[Inference, ...]
 
 
@@ -151,6 +151,7 @@ def write(
 
 _LAYOUT_NAMES = {
     "table": "table",
+    "saved": "Hugging Face dataset folder (save_to_disk)",
     "imagefolder": "torchvision ImageFolder tree",
     "paired": "folder of images and masks",
 }
