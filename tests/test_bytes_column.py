@@ -286,3 +286,21 @@ def test_a_dataset_dict_folder_names_the_split_to_give(tmp_path, cli):
     result = cli("init", root, "--out", tmp_path / "card.toml")
     _refused(result, "DatasetDict", "train")
     assert not (tmp_path / "card.toml").exists()
+
+
+def test_init_leaves_out_an_audio_column_and_takes_a_stored_mask_as_a_task(tmp_path, cli):
+    table = hf_table(n=12, mask=True)
+    sound = pa.array([{"bytes": b"RIFF....WAVE", "path": "a.wav"}] * 12, table.schema[0].type)
+    metadata = json.loads(table.schema.metadata[b"huggingface"])
+    metadata["info"]["features"]["sound"] = {"_type": "Audio"}
+    table = table.append_column("sound", sound)
+    table = table.replace_schema_metadata({"huggingface": json.dumps(metadata)})
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "train.parquet")
+    card = tmp_path / "data" / "card.toml"
+    result = cli("init", tmp_path / "data" / "train.parquet", "--out", card)
+    assert result.exit_code == 0, result.stderr
+    assert "its feature is Audio" in result.out
+    text = card.read_text()
+    assert "sound" not in text
+    assert '[tasks.mask]\ntype = "segmentation"\ncolumn = "mask"\nclasses = 3' in text

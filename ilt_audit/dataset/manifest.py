@@ -62,6 +62,7 @@ class Table:
     stored: dict[str, StoredFiles] = field(default_factory=dict)
     label_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     schema: pa.Schema | None = None  # an Arrow table's schema as stored, its metadata included
+    features: dict[str, Any] = field(default_factory=dict)  # datasets' features, when it says
 
 
 def read_table(
@@ -146,7 +147,7 @@ def _from_arrow(
     for column, files_of in stored.items():
         frame[column] = files_of.paths.to_pandas()
     order = [name for name in schema.names if name in frame.columns]
-    return Table(frame[order], stored, labels, schema)
+    return Table(frame[order], stored, labels, schema, found)
 
 
 def _class_names(column: pd.Series, names: tuple[str, ...]) -> pd.Series:

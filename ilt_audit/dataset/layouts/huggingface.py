@@ -14,6 +14,7 @@ The formats themselves are read by :mod:`ilt_audit.dataset.huggingface`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, overload
 
 from ilt_audit.dataset.huggingface import StoredFiles
 from ilt_audit.dataset.layouts.draft import Draft
+from ilt_audit.dataset.layouts.sampling import Files
 from ilt_audit.dataset.manifest import Table
 
 
@@ -51,6 +53,22 @@ def class_label_task(
     reason = f"a ClassLabel: {len(names)} classes named in the features ({shown})"
     draft.note(column, f"task {name}: classification", f"{why}; {reason}" if why else reason)
     return {"type": "classification", "column": column, "classes": list(names)}
+
+
+def holds_images(draft: Draft, table: Table, column: str) -> bool:
+    """Whether a column that stores files holds images: an ``Image`` feature, or one the
+    features do not describe. Another (``Audio``, ``Video``) is left out, and noted."""
+    feature = table.features.get(column)
+    kind = feature.get("_type") if isinstance(feature, dict) else None
+    if kind in (None, "Image"):
+        return True
+    draft.note(column, "left out", f"its feature is {kind}: ilt-audit reads images")
+    return False
+
+
+def stored(found: Files) -> Files:
+    """What a sample of a stored column holds, its reason saying where the files are."""
+    return dataclasses.replace(found, why=f"{found.why}, stored in the table")
 
 
 class StoredRow(io.BytesIO):

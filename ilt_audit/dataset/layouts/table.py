@@ -131,6 +131,7 @@ def read_table(
     open_columns = [c for c in open_columns if c not in given]
     scanned = [c for c in columns if c not in skip and c != split]
     files = _file_columns(draft, path, read, folder, scanned, allow_outside)
+    open_columns = [c for c in open_columns if c not in read.stored or c in files]  # noted
     for option in options:
         tasks[option.name] = _option_task(draft, read, option, files, folder)
 
@@ -275,8 +276,10 @@ def _file_columns(
     for column in columns:
         values = frame[column]
         if column in read.stored:
+            if not export.holds_images(draft, read, column):
+                continue
             files = export.StoredColumn(read.stored[column], column, draft.root or folder)
-            found[column] = sample_files(draft, column, files, masks=False)
+            found[column] = export.stored(sample_files(draft, column, files, masks=False))
             continue
         if _kind(values) != "text":
             continue
