@@ -1046,12 +1046,14 @@ def run_stored(settings: Settings, n: int) -> dict[str, Any]:
             console.print(f"  {name} ({attempt}/{settings.repeat}): {record[name][-1]:,.0f}/s")
     record["ratio"] = _paired_ratio(record["stored"], record["files"])
     record["workers"] = default_workers(resolve_device(settings.device))
+    record["load_average"] = round(os.getloadavg()[0], 2)  # other jobs on the same cores
     return record
 
 
 def stored_report(settings: Settings, data: dict[str, Any]) -> str:
     m, r = data["machine"], data["stored"]
     bound, verdict = _check(r["ratio"], BYTES_TARGET, at_least=True)
+    shared = r["load_average"] > m["usable_cores"]
     rows = [
         [
             f"{r['n']:,}",
@@ -1077,7 +1079,9 @@ def stored_report(settings: Settings, data: dict[str, Any]) -> str:
             f"- Produced by: `{settings.command}`",
             f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Machine: {m['system']}, {m['cpu']}, {m['cores']} CPU cores "
-            f"({m['usable_cores']} usable), on {m['device']}",
+            f"({m['usable_cores']} usable), on {m['device']}; load average "
+            f"{r['load_average']:g} at the end"
+            + (" (above the core count: other jobs shared the cores)" if shared else ""),
             "",
             table(header, rows),
         ]

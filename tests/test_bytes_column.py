@@ -18,6 +18,7 @@ import pytest
 from helpers_data import KINDS, hf_table, png_bytes, whole_batch, write_saved
 
 from ilt_audit.dataset import open_dataset
+from ilt_audit.dataset.card import load_card
 from ilt_audit.dataset.files import read_image, scan_key
 from ilt_audit.errors import CardError
 
@@ -274,9 +275,9 @@ def test_a_saved_folder_counts_every_data_file_in_the_card_hash(tmp_path):
     sha = open_dataset(card).card.sha256()
     shard = folder / "data-00001-of-00002.arrow"
     content = bytearray(shard.read_bytes())
-    content[-100] ^= 0xFF  # one byte of the last shard's image data
+    content[content.rfind(b"IDAT") + 8] ^= 0xFF  # one byte of the last shard's last image
     shard.write_bytes(bytes(content))
-    assert open_dataset(card, check_files=False).card.sha256() != sha
+    assert load_card(card).sha256() != sha
 
 
 def test_a_dataset_dict_folder_names_the_split_to_give(tmp_path, cli):
@@ -304,3 +305,38 @@ def test_init_leaves_out_an_audio_column_and_takes_a_stored_mask_as_a_task(tmp_p
     text = card.read_text()
     assert "sound" not in text
     assert '[tasks.mask]\ntype = "segmentation"\ncolumn = "mask"\nclasses = 3' in text
+
+
+def test_corrupt_stores_the_corrupted_masks_in_the_table_and_keeps_the_rest(tmp_path, cli):
+    table = hf_table(n=12, mask=True)
+    card = _parquet(tmp_path / "data", table)
+    card.write_text(
+        card.read_text() + '\n[tasks.seg]\ntype = "segmentation"\ncolumn = "mask"\nclasses = 3\n'
+    )
+    out = tmp_path / "corrupted"
+    result = cli("corrupt", card, "--task", "seg", "--fraction", "0.5", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    truth = pq.read_table(out / "corruption.parquet").to_pandas()
+    changed = set(truth.loc[truth.corrupted, "id"])
+    assert len(changed) == 6
+    new = pq.read_table(out / "train.parquet")
+    assert new.column("id").to_pylist() == [f"{i:02d}" for i in range(12)]
+    assert new.column("image").to_pylist() == table.column("image").to_pylist()  # untouched
+    old_masks, new_masks = table.column("mask").to_pylist(), new.column("mask").to_pylist()
+    for i, (old, cell) in enumerate(zip(old_masks, new_masks, strict=True)):
+        assert cell["bytes"] is not None  # stored in the table, as the original was
+        assert (cell["bytes"] != old["bytes"]) == (f"{i:02d}" in changed)
+    assert not list(out.glob("seg/*"))  # no loose file beside the table
+    source = open_dataset(out / "card.toml")
+    assert source.card.id == "id" and not source.card.row_ids
+    source.load(workers=0)  # every stored mask decodes and fits its image
+
+
+def test_a_card_may_name_one_arrow_file(tmp_path):
+    folder = write_saved(tmp_path / "data" / "train", hf_table(n=12), shards=2)
+    card = tmp_path / "data" / "card.toml"
+    card.write_text(CARD.format(table="train/data-00001-of-00002.arrow"), encoding="utf-8")
+    manifest = open_dataset(card).manifest
+    assert manifest.ids == [f"{i}" for i in range(6)]  # the second shard's six rows, renumbered
+    assert manifest.frame["label"].tolist() == [KINDS[i % 3] for i in range(6, 12)]
+    assert folder.is_dir()

@@ -214,12 +214,14 @@ def _rewrite_paths(output: Output) -> None:
     for column in dict.fromkeys(columns):
         stored = output.manifest.stored.get(column)
         named = ~stored.in_table() if stored is not None else np.ones(len(output.frame), bool)
-        output.frame[column] = [
+        rewritten = [
             value
             if not path or os.path.isabs(value)
             else Path(os.path.relpath(card.root / value, output.root)).as_posix()
             for value, path in zip(output.frame[column], named, strict=True)
         ]
+        # object: a stored column's paths may all be None, which must stay text-typed
+        output.frame[column] = pd.Series(rewritten, index=output.frame.index, dtype=object)
 
 
 ARROW_SLICE = 4096  # rows of stored files carried over at a time (a bounded share of memory)
@@ -296,7 +298,8 @@ def _stored_slice(output: Output, name: str, rows: np.ndarray, positions: slice)
         data = pc.replace_with_mask(data, pa.array(replaced), values)
     if not pa.types.is_struct(kind):
         return data
-    text = pa.array(output.frame[name].iloc[positions].tolist(), kind.field("path").type)
+    paths = output.frame[name].iloc[positions]
+    text = pa.array(paths, kind.field("path").type, from_pandas=True)  # NaN, None: null
     return pa.StructArray.from_arrays(
         [data.cast(kind.field("bytes").type), text],
         fields=[kind.field("bytes"), kind.field("path")],

@@ -145,7 +145,7 @@ def _from_arrow(
     for column, names in labels.items():
         frame[column] = _class_names(frame[column], names)
     for column, files_of in stored.items():
-        frame[column] = files_of.paths.to_pandas()
+        frame[column] = files_of.paths.to_pandas().astype(object)  # text, None where none
     order = [name for name in schema.names if name in frame.columns]
     return Table(frame[order], stored, labels, schema, found)
 
