@@ -25,6 +25,14 @@ B. **Images** (64x64 RGB PNG of one shape; tasks: its class, a segmentation mask
      numpy and transforms v2, as many DataLoader workers as ilt-audit uses by default, the same
      network and batch size, AdamW, the equal-weighted sum of the task losses: instances/s.
 
+C. **Images stored in the table** (``--stored-images N``; skipped by default): the images and
+   masks of part B's data set, also stored in a Parquet table as the Hugging Face ``datasets``
+   library exports them (``Image`` columns: ``{bytes, path}`` structs), read through the
+   library's loader (``make_loader``: decode, resize, normalise, collate; batch 32, the default
+   workers for the device, no training) from the files and from the table, ``--repeat`` rounds
+   interleaved: instances/s each, and the median of the rounds' ratios (target: the table at
+   least 0.9x as fast as the files). Its figures go into their own block, ``throughput-bytes``.
+
 Both plain loops run under the same autocast as ``train --precision auto`` (bf16 on a CUDA
 device that supports it, fp32 on the CPU). Epoch times include the DataLoader's worker start-up,
 in the library as in the plain loops.
@@ -38,6 +46,7 @@ Example:
     python benchmarks/throughput.py --quick
     python benchmarks/throughput.py --workdir runs/throughput
     python benchmarks/throughput.py --feature-sizes 100k --image-sizes 2k --threads 1
+    python benchmarks/throughput.py --feature-sizes "" --image-sizes "" --stored-images 2k
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torchvision
 from PIL import Image
@@ -66,8 +77,8 @@ from rich.console import Console
 from torchvision.transforms import v2
 
 import ilt_audit
-from ilt_audit.dataset import load_dataset
-from ilt_audit.dataset.card import TaskSpec, load_card
+from ilt_audit.dataset import load_dataset, open_dataset
+from ilt_audit.dataset.card import TaskSpec
 from ilt_audit.dataset.files import default_workers
 from ilt_audit.dataset.loader import EpochBatches
 from ilt_audit.errors import OptionError
@@ -138,6 +149,7 @@ class Settings:
     out_md: Path
     quick: bool
     command: str
+    stored_images: int | None = None  # part C: images read from files and from a table
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -215,6 +227,12 @@ def parse_args(argv: list[str]) -> Settings:
         default=OUT_MD,
         help=f"the Markdown file whose `{BLOCK}` block is written (default docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--stored-images",
+        type=_sizes,
+        help=f"images of part C, read from files and from a Parquet table that stores them "
+        f"(default: skipped); its figures go into the `{BYTES_BLOCK}` block",
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 7)
@@ -244,6 +262,7 @@ def parse_args(argv: list[str]) -> Settings:
         out_md=args.out_md,
         quick=args.quick,
         command=command_line("throughput.py", argv),
+        stored_images=args.stored_images[0] if args.stored_images else None,
     )
 
 
@@ -521,7 +540,7 @@ class PlainImages(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.T
 
 def plain_images(card: Path, settings: Settings) -> dict[str, Any]:
     """The plain torchvision loop over an image card: each epoch's seconds and instances/s."""
-    tasks = load_card(card).tasks
+    tasks = open_dataset(card, check_files=False).card.tasks
     dataset = PlainImages(card)
     config = TrainConfig(seed=SEED, device=settings.device)
     device = resolve_device(config.device)
@@ -915,6 +934,105 @@ def report(settings: Settings, data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# --- part C: images stored in the table -----------------------------------------------------
+
+BYTES_BLOCK = "throughput-bytes"  # the block of docs/benchmarks.md part C owns
+BYTES_TARGET = 0.9  # instances/s from the table ÷ from the files: at least
+BYTES_BATCH = 32
+
+
+def stored_card(folder: Path, n: int) -> Path:
+    """Part B's data set of ``n`` images (:func:`images_card`), its images and masks also stored
+    in ``stored.parquet`` as ``datasets`` exports ``Image`` columns; the card that reads it."""
+    images_card(folder, n)
+    card = folder / "stored.toml"
+    if card.is_file():
+        return card
+    frame = pd.read_csv(folder / "manifest.csv")
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    columns: dict[str, Any] = {"id": pa.array(frame["id"]), "shape": pa.array(frame["shape"])}
+    for column in ("image", "mask"):
+        cells = [{"bytes": (folder / p).read_bytes(), "path": Path(p).name} for p in frame[column]]
+        columns[column] = pa.array(cells, kind)
+    columns["depth"] = pa.array(frame["depth"])  # .npy maps stay files: a table may mix both
+    features = {"image": {"_type": "Image"}, "mask": {"_type": "Image"}}
+    table = pa.table(columns).replace_schema_metadata(
+        {"huggingface": json.dumps({"info": {"features": features}})}
+    )
+    pq.write_table(table, folder / "stored.parquet", row_group_size=1024)
+    text = (folder / "card.toml").read_text(encoding="utf-8")
+    card.write_text(text.replace('"manifest.csv"', '"stored.parquet"'), encoding="utf-8")
+    return card
+
+
+def read_pass(card: Path, settings: Settings) -> float:
+    """Instances/s of one pass of the library's loader over every row (no training)."""
+    from ilt_audit.dataset.loader import make_loader
+
+    device = resolve_device(settings.device)
+    data = load_dataset(card)  # the validation pass (cached after the first)
+    rows = np.arange(len(data))
+    batches = EpochBatches(len(rows), BYTES_BATCH, seed=SEED)
+    loader = make_loader(data.instances(rows), batches, workers=default_workers(device))
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(rows) / (time.perf_counter() - started)
+
+
+def run_stored(settings: Settings, n: int) -> dict[str, Any]:
+    console.print(f"[bold]Images stored in the table, {n:,} instances[/bold]: generating data")
+    folder = settings.workdir / "data" / f"images-{n}"
+    files, stored = folder / "card.toml", stored_card(folder, n)
+    record: dict[str, Any] = {"n": n, "files": [], "stored": []}
+    for attempt in range(1, settings.repeat + 1):  # interleaved: drift hits both alike
+        for name, card in (("files", files), ("stored", stored)):
+            record[name].append(round(read_pass(card, settings), 2))
+            console.print(f"  {name} ({attempt}/{settings.repeat}): {record[name][-1]:,.0f}/s")
+    record["ratio"] = _paired_ratio(record["stored"], record["files"])
+    record["workers"] = default_workers(resolve_device(settings.device))
+    record["load_average"] = round(os.getloadavg()[0], 2)  # other jobs on the same cores
+    return record
+
+
+def stored_report(settings: Settings, data: dict[str, Any]) -> str:
+    m, r = data["machine"], data["stored"]
+    bound, verdict = _check(r["ratio"], BYTES_TARGET, at_least=True)
+    shared = r["load_average"] > m["usable_cores"]
+    rows = [
+        [
+            f"{r['n']:,}",
+            f"{float(np.median(r['files'])):,.0f}",
+            f"{float(np.median(r['stored'])):,.0f}",
+            f"{r['ratio']:.2f}x",
+            bound,
+            verdict,
+        ]
+    ]
+    header = ["images", "files: instances/s", "table: instances/s", "table ÷ files", "target", ""]
+    return "\n".join(
+        [
+            "## Images stored in the table",
+            "",
+            "Generated by `benchmarks/throughput.py --stored-images N`, which rewrites only this "
+            "block. The images and masks of the images part, read by the library's loader "
+            f"(decode, resize, normalise, collate; batch {BYTES_BATCH}, {r['workers']} "
+            "worker(s), no training) from PNG files and from a Parquet table that stores them "
+            "as a Hugging Face `Image` column; the median of "
+            f"{settings.repeat} interleaved rounds.",
+            "",
+            f"- Produced by: `{settings.command}`",
+            f"- Date: {now()}",
+            f"- Machine: {m['system']}, {m['cpu']}, {m['cores']} CPU cores "
+            f"({m['usable_cores']} usable), on {m['device']}; load average "
+            f"{r['load_average']:g} at the end"
+            + (" (above the core count: other jobs shared the cores)" if shared else ""),
+            "",
+            table(header, rows),
+        ]
+    )
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -929,15 +1047,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_features(settings, results)
         run_images(settings, results)
+        if settings.stored_images:
+            results.data["stored"] = run_stored(settings, settings.stored_images)
     finally:
         results.save()
         if not settings.keep:  # a temporary folder: keep only the raw results and the logs
             for bulky in ("data", "runs"):
                 shutil.rmtree(settings.workdir / bulky, ignore_errors=True)
-    write_block(settings.out_md, BLOCK, report(settings, results.data))
+    written = []
+    if settings.feature_sizes or settings.image_sizes:
+        write_block(settings.out_md, BLOCK, report(settings, results.data))
+        written.append(BLOCK)
+    if settings.stored_images:
+        write_block(settings.out_md, BYTES_BLOCK, stored_report(settings, results.data))
+        written.append(BYTES_BLOCK)
     console.print(
-        f"Wrote the `{BLOCK}` block of {settings.out_md} and {results.path} in "
-        f"{(time.perf_counter() - started) / 60:.1f} min."
+        f"Wrote the {' and '.join(f'`{b}`' for b in written)} block of {settings.out_md} and "
+        f"{results.path} in {(time.perf_counter() - started) / 60:.1f} min."
     )
     return 0
 

@@ -197,3 +197,95 @@ def whole_batch(data, rows=None, workers: int = 0) -> dict:
     rows = np.arange(len(data)) if rows is None else np.asarray(rows)
     loader = make_loader(data.instances(rows), batch_size=len(rows), workers=workers)
     return next(iter(loader))
+
+
+# --- Hugging Face exports: images stored in the table ---------------------------------------
+
+IMAGE_STRUCT = "struct<bytes: binary, path: string>"  # datasets' Image feature, in Arrow
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """An array encoded as PNG, as a Hugging Face ``Image`` column stores it."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def hf_table(n: int = 12, *, size: int = 16, mask: bool = False, seed: int = 0):
+    """A table as ``datasets`` exports it: an ``Image`` column ``image`` (PNG bytes and a file
+    name), a ``ClassLabel`` column ``label`` (ints, the names ``KINDS`` in the features) and,
+    with ``mask``, an ``Image`` column ``mask`` of 3-class masks; no id column. The features are
+    in the schema's ``huggingface`` metadata."""
+    import json
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    label = np.arange(n) % 3
+    images = [
+        {"bytes": png_bytes(_coloured(rng, size, k)), "path": f"{i:05d}.png"}
+        for i, k in enumerate(label)
+    ]
+    columns = {"image": pa.array(images, struct), "label": pa.array(label, pa.int64())}
+    features = {
+        "image": {"_type": "Image"},
+        "label": {"names": list(KINDS), "_type": "ClassLabel"},
+    }
+    if mask:
+        masks = [
+            {
+                "bytes": png_bytes(rng.integers(0, 3, size=(size, size)).astype(np.uint8)),
+                "path": None,
+            }
+            for _ in range(n)
+        ]
+        columns["mask"] = pa.array(masks, struct)
+        features["mask"] = {"_type": "Image"}
+    table = pa.table(columns)
+    metadata = {"info": {"features": features}}
+    return table.replace_schema_metadata({"huggingface": json.dumps(metadata)})
+
+
+def _coloured(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
+    """An image whose dominant channel is its class, so that a tiny network learns something."""
+    image = rng.integers(0, 96, size=(size, size, 3), dtype=np.uint8)
+    image[..., k] += 128
+    return image
+
+
+def write_saved(folder: Path, table, *, shards: int = 2) -> Path:
+    """Write a table as ``Dataset.save_to_disk`` does: Arrow IPC stream shards
+    ``data-0000i-of-0000N.arrow``, ``state.json`` listing them, ``dataset_info.json`` with the
+    features (taken from the table's ``huggingface`` metadata)."""
+    import json
+
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, shards + 1).astype(int)
+    names = []
+    for i in range(shards):
+        name = f"data-{i:05d}-of-{shards:05d}.arrow"
+        part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+        with (
+            pa.OSFile(str(folder / name), "wb") as sink,
+            pa.ipc.new_stream(sink, table.schema) as w,
+        ):
+            w.write_table(part)
+        names.append(name)
+    info = json.loads(table.schema.metadata[b"huggingface"])["info"]
+    (folder / "dataset_info.json").write_text(json.dumps({"features": info["features"]}))
+    state = {
+        "_data_files": [{"filename": name} for name in names],
+        "_fingerprint": "0123456789abcdef",
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": "train",
+    }
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    return folder

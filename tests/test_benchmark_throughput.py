@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers_scripts import load_script
 
@@ -123,3 +125,28 @@ def test_throughput_quick_writes_its_block_and_keeps_the_rest(tmp_path: Path) ->
         run = workdir / "runs" / f"images-{record['n']}-ilt"
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert record["ilt"]["samples_per_s"] == [m["samples_per_s"] for m in metrics]
+
+
+def test_stored_images_alone_write_their_own_block_and_keep_the_throughput_block(
+    tmp_path: Path,
+) -> None:
+    throughput = load_script("benchmarks/throughput.py", "bench_throughput")
+    out_md, workdir = tmp_path / "bench.md", tmp_path / "work"
+    before = REPORT + "\n<!-- throughput:start -->\nkept\n<!-- throughput:end -->\n"
+    out_md.write_text(before, encoding="utf-8")
+    try:
+        args = ["--feature-sizes", "", "--image-sizes", "", "--stored-images", "16"]
+        args += ["--repeat", "1", "--device", "cpu", "--workdir", str(workdir)]
+        assert throughput.main([*args, "--out-md", str(out_md)]) == 0
+    finally:
+        sys.modules.pop("bench_throughput", None)
+
+    text = out_md.read_text(encoding="utf-8")
+    assert text.startswith(before.rstrip("\n") + "\n\n<!-- throughput-bytes:start -->")
+    raw = json.loads((workdir / "throughput.json").read_text())["stored"]
+    assert raw["n"] == 16 and raw["files"][0] > 0 and raw["stored"][0] > 0
+    assert f"| 16 | {raw['files'][0]:,.0f} | {raw['stored'][0]:,.0f} |" in text
+    stored = pq.read_table(workdir / "data" / "images-16" / "stored.parquet")
+    assert stored.schema.field("image").type == pa.struct(
+        [("bytes", pa.binary()), ("path", pa.string())]
+    )

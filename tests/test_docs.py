@@ -28,7 +28,10 @@ SAMPLES = ROOT / "sample_manifests"
 MARKDOWN = sorted(
     [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "CONTRIBUTING.md", *DOCS.rglob("*.md")]
 )
-EXAMPLE_PAGES = sorted([ROOT / "README.md", *(DOCS / "commands").glob("*.md"), DOCS / "python.md"])
+EXAMPLE_PAGES = sorted(
+    [ROOT / "README.md", *(DOCS / "commands").glob("*.md"), *(DOCS / "layouts").glob("*.md")]
+    + [DOCS / "python.md"]
+)
 COMMAND_PAGES = DOCS / "commands"
 
 FENCE = re.compile(r"^(```+|~~~+)")

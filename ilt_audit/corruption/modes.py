@@ -320,8 +320,7 @@ def _model_inputs(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
         return manifest.frame[list(manifest.input_columns)].to_numpy(dtype=np.float64)[rows]
     pixels = []
     for row in track(rows, "Reading images for the confusion model", total=len(rows)):
-        path = manifest.file_path(manifest.frame.at[row, card.input.columns[0]])
-        with Image.open(path) as image:
+        with Image.open(manifest.source(card.input.columns[0], row)) as image:
             small = image.convert("L").resize((16, 16), Image.Resampling.BILINEAR)
             pixels.append(np.asarray(small, dtype=np.float64).ravel() / 255.0)
     return np.stack(pixels)
@@ -334,8 +333,7 @@ def _read_label_file(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray
     # ilt_audit.dataset.loader imports torch; importing it here keeps read_truth (and evaluation) light
     from ilt_audit.dataset.files import read_label
 
-    value = manifest.frame.at[row, task.column]
-    path = manifest.file_path(value)
+    path = manifest.source(task.column, row)
     try:
         array = read_label(task, path)  # classes, or values in the label's units (NaN: invalid)
     except (ValueError, OSError, UnidentifiedImageError) as exc:

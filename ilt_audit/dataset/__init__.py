@@ -8,6 +8,8 @@
   manifest once, for training, ``corrupt``, ``fix``, ``init`` and a run's view of its data;
 - :mod:`~ilt_audit.dataset.files`: the files the table names: one ``stat`` each, one parallel
   pass that decodes and checks them all;
+- :mod:`~ilt_audit.dataset.huggingface`: tables as the Hugging Face ``datasets`` library writes
+  them: ``save_to_disk`` folders (memory-mapped), files stored in the table, ``ClassLabel`` names;
 - :mod:`~ilt_audit.dataset.record`: what a run records of its inputs, so that ``--resume``
   refuses data that changed;
 - :mod:`~ilt_audit.dataset.loader`: the validated data set and its batches;

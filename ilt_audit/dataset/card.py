@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -33,7 +34,14 @@ from ilt_audit.errors import CardError
 TASK_TYPES = ("classification", "regression", "segmentation", "dense-regression", "multi-label")
 DENSE_TYPES = ("segmentation", "dense-regression")
 INPUT_TYPES = ("image", "features")
-TABLE_READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TABLE_READERS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".arrow": "arrow",  # an Arrow IPC stream or file, as the datasets library writes its shards
+}
+SAVED = "save_to_disk folder"  # a table that is a folder written by datasets' save_to_disk
 _TASK_NAME = re.compile(r"^[a-z0-9_-]+$")
 # The most pixels (or values) an image, a map or the card's [input] size may claim: Pillow's own
 # default (0.25 GiB of RGBA). Checked against a file's header before the decoder allocates.
@@ -115,6 +123,8 @@ class Card:
     allow_outside_paths: bool = False  # paths may lead outside the data folder (SPEC section 8)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     named_root: Path | None = None  # the folder the card's ``root`` names, resolved; None without
+    row_ids: bool = False  # no id column: the ids are the row numbers, zero-padded (``id`` names
+    # the column the manifest gives them, one the table does not have)
 
     @property
     def folder(self) -> Path:
@@ -161,10 +171,41 @@ class Card:
         return not self.allow_outside_paths and not inside(path, self.folder)
 
     def sha256(self) -> str:
-        """Hash of the card and its manifest table, recorded in a run's config."""
+        """Hash of the card and its manifest table, recorded in a run's config. A table stored
+        as a ``save_to_disk`` folder counts by its state, its features and every data file;
+        bytes stored in the table are part of it."""
         digest = hashlib.sha256(self.path.read_bytes())
-        digest.update(self.table_path.read_bytes())
+        for path in table_files(self.table_path):
+            stat = path.stat()
+            digest.update(_file_sha256(str(path), stat.st_size, stat.st_mtime_ns).encode())
         return digest.hexdigest()
+
+
+def table_files(table: Path) -> list[Path]:
+    """The files a manifest table is read from: the table, or a ``save_to_disk`` folder's state,
+    features and data files."""
+    if not table.is_dir():
+        return [table]
+    from ilt_audit.dataset import huggingface  # pyarrow: only for a folder
+
+    info = [table / huggingface.INFO] if (table / huggingface.INFO).is_file() else []
+    return [table / huggingface.STATE, *info, *huggingface.saved_files(table)]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, read in blocks (a table holding images may be large), once per process
+    for a given size and modification time."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_columns(card: Card) -> list[str]:
+    """The columns of a card's table that name files: the image input, then each dense task's
+    (none for a features card)."""
+    if card.input.type == "features":
+        return []
+    return [card.input.columns[0], *(t.column for t in card.tasks if t.dense)]
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -202,10 +243,17 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
             f"{path}: 'table' must name the manifest file, e.g. table = \"manifest.csv\""
         )
     suffix = Path(table).suffix.lower()
-    if suffix not in TABLE_READERS:
+    if suffix not in TABLE_READERS and not _is_folder(path.parent / table):
         raise CardError(
             f"{path}: table {table!r} has an unknown extension {suffix!r}; "
-            f"expected one of {', '.join(TABLE_READERS)}"
+            f"expected one of {', '.join(TABLE_READERS)}, or a {SAVED}"
+        )
+    row_ids = raw.get("row_ids", False)
+    if not isinstance(row_ids, bool):
+        raise CardError(f"{path}: 'row_ids' must be true or false, got {row_ids!r}")
+    if row_ids and "id" in raw:
+        raise CardError(
+            f"{path}: 'row_ids = true' numbers the rows as their ids; remove 'id' or 'row_ids'"
         )
     id_column = raw.get("id", "id")
     if not isinstance(id_column, str):
@@ -238,7 +286,16 @@ def _parse_card(path: Path, raw: dict[str, Any]) -> Card:
                 f"{path}: task {dense[0]!r} is a dense task, which needs an image input, "
                 'but [input] type is "features"'
             )
-    return Card(path, table, id_column, input_spec, tasks, split, allow_outside, raw, named_root)
+    return Card(
+        path, table, id_column, input_spec, tasks, split, allow_outside, raw, named_root, row_ids
+    )
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a NUL in the text
+        return False
 
 
 def _parse_root(path: Path, root: Any) -> Path | None:

@@ -7,6 +7,12 @@ original input files (nothing is copied or modified), new label files where labe
 replaced, and whatever record the command keeps (``corruption.parquet``, ``changes.parquet``).
 The new card's folder is its data folder: its paths are relative to it, the original's ``root``
 is not carried over.
+
+A table that stores its files (a Hugging Face ``Image`` column) is written back through Arrow
+with its schema and metadata: the stored bytes are carried over untouched, a slice of rows at a
+time, and a replaced mask or map is stored in the table as its original was. A ``save_to_disk``
+folder is written as a Parquet table (``NAME.parquet``), and a table numbered by its rows
+(``row_ids``) gets its ids as a column, so that dropping rows renumbers nothing.
 Everything is written into a temporary sibling folder that is renamed onto ``out`` at the end,
 so a crash leaves nothing half-written.
 
@@ -30,9 +36,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from PIL import Image
 
-from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, Card, TaskSpec
+from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, TaskSpec
 from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.dataset.tags import tag_cells
 from ilt_audit.errors import OptionError
@@ -48,18 +57,24 @@ class Output:
     root: Path  # the final output folder: paths in the table are relative to it
     staging: Path  # where files are written until the folder is renamed to ``root``
     ids: list[str] = field(init=False)
+    stored: dict[str, dict[int, bytes]] = field(init=False)  # column -> row -> new stored file
 
     def __post_init__(self) -> None:
         self.ids = self.manifest.ids
+        self.stored = {column: {} for column in self.manifest.stored}
 
     def write_file(
         self, task: TaskSpec, row: int, suffix: str, write: Callable[[Path], None]
     ) -> None:
-        """Write a new label file for a row and point the row's label column at it."""
+        """Write a new label file for a row and point the row's label column at it; in a
+        column that stores its files, the new file is stored in the table instead."""
         name = f"{task.name}/{file_stem(self.ids[row])}{suffix}"
         path = self.staging / name
         path.parent.mkdir(exist_ok=True)
         write(path)
+        if task.column in self.stored:
+            self.stored[task.column][row] = path.read_bytes()
+            path.unlink()
         self.frame.loc[row, task.column] = name
 
 
@@ -155,11 +170,16 @@ def write_derived(
     try:
         staging.mkdir(parents=True)
         table = manifest.original_frame()  # original dtypes
+        if card.row_ids:
+            table.insert(0, card.id, manifest.ids)
         output = Output(manifest, table, out, staging)
         _rewrite_paths(output)
-        edit(output)
-        raw, header = _new_card(card, command, note)
-        _write_table(output.frame, staging / raw["table"])
+        edit(output)  # may drop rows: the frame's labels stay the original row numbers
+        raw, header = _new_card(manifest, command, note)
+        if manifest.schema is not None:
+            _write_arrow(output, staging / raw["table"])
+        else:
+            _write_table(output.frame.reset_index(drop=True), staging / raw["table"])
         (staging / card.path.name).write_text(header + toml_dumps(raw), encoding="utf-8")
         record(staging)
         try:  # one rename: two runs on one --out never mix, the second to finish is refused
@@ -174,16 +194,21 @@ def write_derived(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _new_card(card: Card, command: str, note: str) -> tuple[dict[str, Any], str]:
+def _new_card(manifest: Manifest, command: str, note: str) -> tuple[dict[str, Any], str]:
     """The new card's content and its header comment: the original's, with the table next to it,
     no ``root`` (paths are relative to the new card's folder, where the new label files are)
-    and, for an image card, ``allow_outside_paths`` and the reason."""
+    and, for an image card whose images are files, ``allow_outside_paths`` and the reason."""
+    card = manifest.card
     raw = dict(card.raw)
     raw.pop("root", None)
     # a path is quoted: a newline in it must not end the comment (task names are [a-z0-9_-])
     header = f"# Written by ilt-audit {command} from {toml_string(str(card.path))}\n# {note}\n"
     raw["table"] = Path(card.table).name if re.search(ESCAPING_PATH, card.table) else card.table
-    if card.input.type == "image":
+    if card.table_path.is_dir():  # a save_to_disk folder: written as one Parquet table
+        raw["table"] = f"{Path(raw['table']).name}.parquet"
+    if raw.pop("row_ids", False):  # the ids become a column: dropped rows renumber nothing
+        raw = {"table": raw.pop("table"), "id": card.id, **raw}
+    if card.input.type == "image" and _names_files(manifest, card.input.columns[0]):
         # Honest rather than tidy: the new manifest names the original dataset's input files,
         # never copied (it may be large), and they lie outside this folder. Links to them would
         # be refused as any path that leaves the folder is, so the card opts in and says why.
@@ -196,6 +221,12 @@ def _new_card(card: Card, command: str, note: str) -> tuple[dict[str, Any], str]
     return raw, header
 
 
+def _names_files(manifest: Manifest, column: str) -> bool:
+    """Whether some row of a file column names a file (rather than storing it in the table)."""
+    stored = manifest.stored.get(column)
+    return stored is None or not stored.in_table().all()
+
+
 def _rewrite_paths(output: Output) -> None:
     """Point every file column at the original files (in the original's data folder), relative
     to the new card's folder."""
@@ -204,12 +235,99 @@ def _rewrite_paths(output: Output) -> None:
     if card.input.type == "image":
         columns.insert(0, card.input.columns[0])
     for column in dict.fromkeys(columns):
-        output.frame[column] = [
+        stored = output.manifest.stored.get(column)
+        named = ~stored.in_table() if stored is not None else np.ones(len(output.frame), bool)
+        rewritten = [
             value
-            if os.path.isabs(value)
+            if not path or os.path.isabs(value)
             else Path(os.path.relpath(card.root / value, output.root)).as_posix()
-            for value in output.frame[column]
+            for value, path in zip(output.frame[column], named, strict=True)
         ]
+        # object: a stored column's paths may all be None, which must stay text-typed
+        output.frame[column] = pd.Series(rewritten, index=output.frame.index, dtype=object)
+
+
+ARROW_SLICE = 4096  # rows of stored files carried over at a time (a bounded share of memory)
+
+
+def _write_arrow(output: Output, path: Path) -> None:
+    """Write a table read through Arrow (Parquet, an Arrow file, a ``save_to_disk`` folder) as
+    Parquet, or as an Arrow IPC stream for an ``.arrow`` name: the frame's columns in their
+    stored types (``ClassLabel`` names back to their indices), the stored files carried over
+    from the original table a slice of rows at a time, and the schema's metadata (the features)
+    kept."""
+    manifest = output.manifest
+    schema = manifest.schema
+    assert schema is not None
+    frame = output.frame
+    kept = frame.index.to_numpy()  # (M,) the original rows, in order
+    columns: dict[str, pa.Array] = {}
+    for name in frame.columns:
+        if name in manifest.stored:
+            continue
+        values = frame[name].reset_index(drop=True)
+        if name in manifest.label_names:
+            values = pd.Series(pd.Index(manifest.label_names[name]).get_indexer(values))
+        column = pa.array(values, from_pandas=True)
+        columns[name] = _as_stored(
+            column, schema.field(name).type if name in schema.names else None
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer: Any = None
+    try:
+        for start in range(0, len(kept), ARROW_SLICE):
+            stop = min(start + ARROW_SLICE, len(kept))
+            part = {
+                name: _stored_slice(output, name, kept[start:stop], slice(start, stop))
+                if name in manifest.stored
+                else columns[name].slice(start, stop - start)
+                for name in frame.columns
+            }
+            batch = pa.table(part).replace_schema_metadata(schema.metadata)
+            if writer is None:
+                writer = (
+                    pa.ipc.new_stream(str(path), batch.schema)
+                    if path.suffix.lower() == ".arrow"
+                    else pq.ParquetWriter(path, batch.schema)
+                )
+            writer.write_table(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _as_stored(column: pa.Array, kind: pa.DataType | None) -> pa.Array:
+    """A column in the type the original table stored it in, where it still converts."""
+    if kind is None or column.type == kind:
+        return column
+    try:
+        return column.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return column
+
+
+def _stored_slice(output: Output, name: str, rows: np.ndarray, positions: slice) -> pa.Array:
+    """A stored column's new cells for some original ``rows`` (at ``positions`` of the new
+    table): the original bytes, untouched, or the new file ``write_file`` stored for a row; the
+    paths the frame now holds."""
+    manifest = output.manifest
+    assert manifest.schema is not None
+    kind = manifest.schema.field(name).type
+    data = manifest.stored[name].data.take(pa.array(rows, pa.int64())).combine_chunks()  # (m,)
+    new = output.stored.get(name, {})
+    replaced = np.isin(rows, list(new))  # (m,)
+    if replaced.any():
+        values = pa.array([new[int(r)] for r in rows[replaced]], data.type)
+        data = pc.replace_with_mask(data, pa.array(replaced), values)
+    if not pa.types.is_struct(kind):
+        return data
+    paths = output.frame[name].iloc[positions]
+    text = pa.array(paths, kind.field("path").type, from_pandas=True)  # NaN, None: null
+    return pa.StructArray.from_arrays(
+        [data.cast(kind.field("bytes").type), text],
+        fields=[kind.field("bytes"), kind.field("path")],
+        mask=pc.and_(pc.is_null(data), pc.is_null(text)),
+    )
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:

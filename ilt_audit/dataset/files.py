@@ -11,7 +11,9 @@
 - :class:`RowFiles` decodes the files of one row, for the pass and for training's batches.
 
 Files are decoded with Pillow (torchvision's image backend); masks and 16-bit depth PNGs keep
-their raw values (class indices, counts), never colour-converted.
+their raw values (class indices, counts), never colour-converted. A file stored in the table (a
+Hugging Face ``Image`` column) is decoded from its bytes by the same readers and under the same
+rules (the header checked before decoding); a worker copies out one row's bytes at a time.
 
 Example:
     >>> found = file_stats(open_dataset("sample_manifests/shapes/card.toml").manifest)  # doctest: +SKIP
@@ -22,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -39,7 +42,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ilt_audit.dataset.card import MAX_PIXELS, Card, TaskSpec
+from ilt_audit.dataset.card import MAX_PIXELS, TaskSpec, file_columns
 from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import CardError
 from ilt_audit.internal import distributed
@@ -77,9 +80,11 @@ def default_workers(device: torch.device | None = None) -> int:
 
 # --- reading single files ------------------------------------------------------------------
 
+Source = Path | io.BytesIO  # a file, or a file's bytes stored in the table
+
 
 @contextmanager
-def open_image(path: Path, shape: tuple[int, int] | None = None) -> Iterator[Image.Image]:
+def open_image(path: Source, shape: tuple[int, int] | None = None) -> Iterator[Image.Image]:
     """Open an image lazily and check the size its header claims before anything is decoded:
     at most :data:`MAX_PIXELS`, and ``shape`` (H, W) when given. Raises ``ValueError``."""
     with warnings.catch_warnings():  # Pillow warns from 1x its limit and raises from 2x
@@ -110,13 +115,13 @@ def _check_shape(found: tuple[int, ...], shape: tuple[int, int] | None) -> None:
         )
 
 
-def read_image(path: Path) -> torch.Tensor:
+def read_image(path: Source) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
     with open_image(path) as img:
         return TF.pil_to_tensor(img.convert("RGB"))
 
 
-def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_mask(path: Source, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a segmentation mask PNG as (H, W) stored values (palette PNGs give their indices).
 
     ``shape`` (H, W), when given, is checked against the header before decoding.
@@ -130,7 +135,7 @@ def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def read_depth(
-    path: Path,
+    path: Source,
     scale: float = 1.0,
     shape: tuple[int, int] | None = None,
     *,
@@ -141,9 +146,14 @@ def read_depth(
     ``(value - offset) / scale``, NaN where it stores ``invalid`` (no target there).
 
     ``shape`` (H, W), when given, is checked against the file's header before reading its data.
+    A .npy is known by its suffix, or, stored in the table, by its magic bytes.
     """
-    if path.suffix.lower() == ".npy":
-        array = _read_npy(path, shape)
+    stored_in_table = isinstance(path, io.BytesIO)
+    if stored_in_table and path.getbuffer()[:6] == NPY_MAGIC:
+        array = _read_npy(path, path.getbuffer().nbytes, shape)
+    elif not stored_in_table and path.suffix.lower() == ".npy":
+        with path.open("rb") as handle:
+            array = _read_npy(handle, os.fstat(handle.fileno()).st_size, shape)
     else:
         with open_image(path, shape) as img:
             stored = np.asarray(img)
@@ -157,11 +167,14 @@ def read_depth(
     return array.astype(np.float32)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 class LabelValueError(ValueError):
     """A mask stores a value its card's ``label_map`` does not list."""
 
 
-def read_label(task: TaskSpec, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_label(task: TaskSpec, path: Source, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A dense task's label file as the card says to read it: a mask's classes (int64, through
     its ``label_map``), or a map's values in the label's units (float32, NaN where ``invalid``).
 
@@ -209,29 +222,32 @@ _NPY_HEADERS = {
 }
 
 
-def _read_npy(path: Path, shape: tuple[int, int] | None) -> np.ndarray:
-    """A .npy array, its header checked before its data is read: a numeric dtype (never
-    pickled objects), 2-D (or 1xHxW), ``shape`` when given, at most :data:`MAX_PIXELS` values,
-    and a file long enough to hold them."""
-    with path.open("rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        if version not in _NPY_HEADERS:
-            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-        found, fortran, dtype = _NPY_HEADERS[version](handle)
-        if not np.issubdtype(dtype, np.number):
-            raise ValueError(f"expected a numeric array, got {dtype}")
-        plane = found[1:] if len(found) == 3 and found[0] == 1 else found
-        if len(plane) != 2:
-            raise ValueError(f"expected a 2-D numeric array, got shape {found} of {dtype}")
-        _check_shape(tuple(plane), shape)
-        count = int(np.prod(found, dtype=object))
-        if count > MAX_PIXELS:
-            raise ValueError(
-                f"its header claims {count:,} values, more than the {MAX_PIXELS:,} allowed; "
-                "refused before reading"
-            )
-        if handle.tell() + count * dtype.itemsize > os.fstat(handle.fileno()).st_size:
-            raise ValueError(f"the file is shorter than the {found} array its header claims")
+def _read_npy(handle: Any, size: int, shape: tuple[int, int] | None) -> np.ndarray:
+    """A .npy array from an open file of ``size`` bytes, its header checked before its data is
+    read: a numeric dtype (never pickled objects), 2-D (or 1xHxW), ``shape`` when given, at most
+    :data:`MAX_PIXELS` values, and a file long enough to hold them."""
+    version = np.lib.format.read_magic(handle)
+    if version not in _NPY_HEADERS:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    found, fortran, dtype = _NPY_HEADERS[version](handle)
+    if not np.issubdtype(dtype, np.number):
+        raise ValueError(f"expected a numeric array, got {dtype}")
+    plane = found[1:] if len(found) == 3 and found[0] == 1 else found
+    if len(plane) != 2:
+        raise ValueError(f"expected a 2-D numeric array, got shape {found} of {dtype}")
+    _check_shape(tuple(plane), shape)
+    count = int(np.prod(found, dtype=object))
+    if count > MAX_PIXELS:
+        raise ValueError(
+            f"its header claims {count:,} values, more than the {MAX_PIXELS:,} allowed; "
+            "refused before reading"
+        )
+    if handle.tell() + count * dtype.itemsize > size:
+        raise ValueError(f"the file is shorter than the {found} array its header claims")
+    if isinstance(handle, io.BytesIO):
+        data = np.frombuffer(handle.getbuffer(), dtype=dtype, count=count, offset=handle.tell())
+        data = data.copy()
+    else:
         data = np.fromfile(handle, dtype=dtype, count=count)
     return data.reshape(found, order="F" if fortran else "C")
 
@@ -315,34 +331,42 @@ class RowProblem(Exception):
 class RowFiles:
     """Decodes and checks the files of one manifest row: the image and each dense label.
 
-    Holds the path columns as Arrow arrays (no Python object per row, so forked workers do not
-    copy them page by page).
+    Holds the path columns and the files stored in the table as Arrow arrays (no Python object
+    per row, so forked workers do not copy them page by page; stored bytes memory-mapped where
+    the table is an Arrow file).
     """
 
     def __init__(self, manifest: Manifest, size: tuple[int, int] | None) -> None:
         card = manifest.card
-        frame = manifest.frame
         self.card = card
         self.root = card.root
         self.table = str(card.table_path)
         self.image_column = card.input.columns[0]
         self.ids = pa.array(manifest.ids, pa.string())
-        self.paths = {self.image_column: _path_array(frame[self.image_column])}
         self.dense = tuple(t for t in card.tasks if t.dense)
-        for task in self.dense:
-            self.paths[task.column] = _path_array(frame[task.column])
+        self.stored = {c: manifest.stored[c] for c in file_columns(card) if c in manifest.stored}
+        self.paths = {c: _path_array(manifest, c) for c in file_columns(card)}
         self.size = size
 
     def message(self, row: int, problem: RowProblem) -> str:
-        value = self.paths[problem.column][row].as_py()
+        stored = self.stored.get(problem.column)
+        if stored is not None and stored.data_of(row) is not None:
+            what = "its bytes stored in the table"
+        else:
+            what = f"file: {self.paths[problem.column][row].as_py()!r}"
         return (
             f"{self.table}: row id {self.ids[row].as_py()!r}: column {problem.column!r}: "
-            f"{problem.why} (file: {value!r})"
+            f"{problem.why} ({what})"
         )
 
-    def path(self, column: str, row: int) -> Path:
-        """The file of a row's column. The manifest refused paths whose text leaves the data
-        folder; here, where each file is opened, so is one that leaves it through a link."""
+    def path(self, column: str, row: int) -> Source:
+        """The file of a row's column, or its bytes stored in the table. The manifest refused
+        paths whose text leaves the data folder; here, where each file is opened, so is one
+        that leaves it through a link."""
+        stored = self.stored.get(column)
+        data = stored.data_of(row) if stored is not None else None
+        if data is not None:
+            return io.BytesIO(data)
         value = self.paths[column][row].as_py()
         if not value:
             raise RowProblem(column, "expected a file path")
@@ -405,8 +429,13 @@ class RowFiles:
         return image, {t.name: self.dense_map(t, row, own) for t in self.dense}
 
 
-def _path_array(column: Any) -> pa.Array:
-    values = [v if isinstance(v, str) else "" for v in column.tolist()]
+def _path_array(manifest: Manifest, column: str) -> pa.Array:
+    """(N,) string: the path each row of a file column names; "" where it names none (its bytes
+    are stored in the table, or the cell is not text)."""
+    stored = manifest.stored.get(column)
+    if stored is not None:
+        return stored.path_texts()
+    values = [v if isinstance(v, str) else "" for v in manifest.frame[column].tolist()]
     return pa.array(values, pa.string())
 
 
@@ -468,10 +497,12 @@ class FileStats:
 
     The quick check ``make`` and ``rsync`` use: about a microsecond a file, against a millisecond
     to decode it. Files are in table order: row by row, and within a row in ``columns`` order.
+    A file stored in the table counts with its length and a modification time of 0: the table's
+    own sha256 (in the card's) already covers its bytes.
     """
 
     columns: list[str]  # the columns that name files: the image, then each dense task's
-    paths: list[pa.Array]  # per column, the manifest's values ("" where a cell is not text)
+    paths: list[pa.Array]  # per column, the paths ("" where a cell is not text or is stored)
     stats: np.ndarray  # (N, C, 2) int64: size in bytes, st_mtime_ns; -1 where no file is found
 
     @property
@@ -480,18 +511,11 @@ class FileStats:
         return bool((self.stats >= 0).all())
 
 
-def file_columns(card: Card) -> list[str]:
-    """The columns of a card's table that name files (none for a features card)."""
-    if card.input.type == "features":
-        return []
-    return [card.input.columns[0], *(t.column for t in card.tasks if t.dense)]
-
-
 def file_stats(manifest: Manifest) -> FileStats:
     """Stat every file the manifest names (see :class:`FileStats`); nothing is decoded."""
     card = manifest.card
     columns = file_columns(card)
-    paths = [_path_array(manifest.frame[column]) for column in columns]
+    paths = [_path_array(manifest, column) for column in columns]
     stats = np.full((len(manifest.frame), len(columns), 2), -1, np.int64)
     root = str(card.root)
     for j, values in enumerate(paths):
@@ -501,6 +525,11 @@ def file_stats(manifest: Manifest) -> FileStats:
             pc.starts_with(given, "/"), given, pc.binary_join_element_wise(root, given, "/")
         )
         stats[found, j] = _stat_each(full.to_pylist())
+        stored = manifest.stored.get(columns[j])
+        if stored is not None:
+            in_table = stored.in_table()  # (N,)
+            stats[in_table, j, 0] = stored.sizes()[in_table]
+            stats[in_table, j, 1] = 0
     return FileStats(columns, paths, stats)
 
 

@@ -3,8 +3,13 @@
 Everything that can be checked on the table itself is checked here, vectorised: columns, ids,
 class labels, tag sets (:mod:`ilt_audit.dataset.tags`), numeric targets and features, that the
 files the rows name exist. Decoding those files (images, masks, depth maps) is
-:mod:`ilt_audit.dataset.loader`'s streaming pass. Errors name the table, the row id and the
-column, and quote the offending value. It never imports torch.
+:mod:`ilt_audit.dataset.files`' parallel pass. Errors name the table, the row id and the column,
+and quote the offending value. It never imports torch.
+
+A table may store its files itself (a Hugging Face ``Image`` column, or a binary column the card
+names as a file column): those columns stay Arrow arrays (:class:`~ilt_audit.dataset.huggingface.
+StoredFiles`, memory-mapped for a ``save_to_disk`` folder), never Python objects, and
+:meth:`Manifest.source` gives a row's bytes or the file it names.
 
 Example:
     >>> manifest = load_manifest("sample_manifests/penguins/card.toml")  # doctest: +SKIP
@@ -16,10 +21,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import re
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -30,42 +36,76 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ilt_audit.dataset import huggingface
 from ilt_audit.dataset.card import (
     ESCAPING_PATH,
     OUTSIDE_LINK,
     TABLE_READERS,
     Card,
     TaskSpec,
+    file_columns,
     load_card,
 )
+from ilt_audit.dataset.huggingface import StoredFiles
 from ilt_audit.dataset.tags import TagCellError, TagColumn, read_tags, tags_text
 from ilt_audit.errors import CardError
 
 
-def read_table(path: Path, id_column: str, text: Collection[str] = ()) -> pd.DataFrame:
-    """Read a manifest table (CSV, Parquet or JSON Lines) with the id column as strings.
+@dataclass(frozen=True)
+class Table:
+    """A manifest table as read: a pandas frame, and what stays in Arrow.
+
+    A column whose files are stored in the table is in ``stored``; the frame holds its path
+    text only (an ``Image`` struct's ``path``, None for a binary column). A Hugging Face
+    ``ClassLabel`` column reads as its class names (``label_names``).
+    """
+
+    frame: pd.DataFrame
+    stored: dict[str, StoredFiles] = field(default_factory=dict)
+    label_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    schema: pa.Schema | None = None  # an Arrow table's schema as stored, its metadata included
+    features: dict[str, Any] = field(default_factory=dict)  # datasets' features, when it says
+
+
+def read_table(
+    path: Path,
+    id_column: str,
+    text: Collection[str] = (),
+    files: Collection[str] = (),
+    *,
+    skip: Collection[str] = (),
+) -> Table:
+    """Read a manifest table (CSV, Parquet, JSON Lines, an Arrow file or a ``save_to_disk``
+    folder) with the id column as strings.
 
     Text must be UTF-8: a cell that is not is refused naming the column and the line or row. A
-    Parquet binary column is read as text when it is UTF-8; ``text`` names the columns (besides
-    the id) that must be, the others may stay bytes.
+    Parquet or Arrow binary column is read as text when it is UTF-8; ``text`` names the columns
+    (besides the id) that must be, the others may stay bytes. ``files`` names the columns that
+    hold files: a binary one stores their bytes, as an ``Image`` struct column always does.
+    ``skip``: stored columns a Parquet reader need not read (their frame column is left out).
     """
-    if not path.is_file():
+    folder = path.is_dir()
+    if not folder and not path.is_file():
         raise CardError(f"{path}: manifest table not found")
-    kind = TABLE_READERS[path.suffix.lower()]
+    kind = "saved" if folder else TABLE_READERS[path.suffix.lower()]
     try:
         if kind == "csv":
-            frame = pd.read_csv(path, dtype={id_column: str}, keep_default_na=True)
-        elif kind == "parquet":
-            frame = _read_parquet(path, id_column, {id_column, *text})
+            return Table(pd.read_csv(path, dtype={id_column: str}, keep_default_na=True))
+        if kind == "jsonl":
+            return Table(pd.read_json(path, lines=True, dtype={id_column: str}, precise_float=True))
+        if kind == "parquet":
+            table = _read_parquet(path, skip)
+        elif kind == "arrow":
+            table = huggingface.read_arrow(path)
         else:
-            frame = pd.read_json(path, lines=True, dtype={id_column: str}, precise_float=True)
+            table = huggingface.read_saved(path)
+        return _from_arrow(path, table, id_column, {id_column, *text}, files, folder)
     except CardError:
         raise
     except UnicodeError:
         raise _undecodable_line(path, kind, id_column) from None
     except Exception as exc:  # pandas raises many parser types; all mean "cannot read"
         raise CardError(f"{path}: cannot read the manifest table: {_one_line(exc)}") from None
-    return frame
 
 
 def _one_line(exc: BaseException) -> str:
@@ -73,18 +113,70 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _read_parquet(path: Path, id_column: str, text: Collection[str]) -> pd.DataFrame:
-    """A Parquet table whose string columns hold UTF-8, with binary columns read as text where
-    they are UTF-8 (and required to be in the ``text`` columns)."""
-    table = pq.read_table(path)
-    for index, field in enumerate(table.schema):
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            as_text = pa.large_string() if pa.types.is_large_binary(field.type) else pa.string()
+def _read_parquet(path: Path, skip: Collection[str]) -> pa.Table:
+    if not skip:
+        return pq.read_table(path)
+    schema = pq.read_schema(path)
+    table = pq.read_table(path, columns=[name for name in schema.names if name not in skip])
+    return table.replace_schema_metadata(schema.metadata)
+
+
+def _from_arrow(
+    path: Path,
+    table: pa.Table,
+    id_column: str,
+    text: Collection[str],
+    files: Collection[str],
+    folder: bool,
+) -> Table:
+    """An Arrow table as a :class:`Table`: stored files kept in Arrow, ``ClassLabel`` columns as
+    their names, the other columns converted to pandas (:func:`_arrow_frame`)."""
+    schema = table.schema
+    stored = {
+        f.name: StoredFiles.of(table.column(f.name))
+        for f in schema
+        if huggingface.holds_files(f.type, f.name in files)
+    }
+    found = huggingface.features(schema, path if folder else None)
+    labels = {
+        column: names
+        for column, names in huggingface.class_labels(found).items()
+        if column in schema.names and pa.types.is_integer(schema.field(column).type)
+    }
+    frame = _arrow_frame(path, table.drop_columns(list(stored)), id_column, text)
+    for column, names in labels.items():
+        frame[column] = _class_names(frame[column], names)
+    for column, files_of in stored.items():
+        frame[column] = files_of.paths.to_pandas().astype(object)  # text, None where none
+    order = [name for name in schema.names if name in frame.columns]
+    return Table(frame[order], stored, labels, schema, found)
+
+
+def _class_names(column: pd.Series, names: tuple[str, ...]) -> pd.Series:
+    """A ``ClassLabel`` column's integers as their names; one outside the names stays a number
+    (as text), so that the manifest's check quotes it."""
+    codes = column.to_numpy(dtype=np.float64, na_value=np.nan)  # (N,)
+    inside = (codes >= 0) & (codes < len(names))  # NaN: False
+    found = np.asarray(names, dtype=object)[np.where(inside, codes, 0).astype(np.int64)]
+    outside = ~inside & ~np.isnan(codes)
+    found[outside] = codes[outside].astype(np.int64).astype(str)
+    found[np.isnan(codes)] = None
+    return pd.Series(found, index=column.index, dtype=object)
+
+
+def _arrow_frame(
+    path: Path, table: pa.Table, id_column: str, text: Collection[str]
+) -> pd.DataFrame:
+    """An Arrow table whose string columns hold UTF-8 as a frame, with binary columns read as
+    text where they are UTF-8 (and required to be in the ``text`` columns)."""
+    for index, entry in enumerate(table.schema):
+        if pa.types.is_binary(entry.type) or pa.types.is_large_binary(entry.type):
+            as_text = pa.large_string() if pa.types.is_large_binary(entry.type) else pa.string()
             try:
-                table = table.set_column(index, field.name, table.column(index).cast(as_text))
+                table = table.set_column(index, entry.name, table.column(index).cast(as_text))
             except pa.ArrowInvalid as exc:
-                if field.name in text:
-                    raise _undecodable_cell(path, table, [field.name], id_column, exc) from None
+                if entry.name in text:
+                    raise _undecodable_cell(path, table, [entry.name], id_column, exc) from None
     try:
         table.validate(full=True)  # among others: every string is UTF-8
     except pa.ArrowInvalid as exc:
@@ -186,6 +278,9 @@ class Manifest:
     _tag_tables: dict[str, np.ndarray] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
+    stored: Mapping[str, StoredFiles] = field(default_factory=dict)  # files stored in the table
+    label_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ClassLabel columns
+    schema: pa.Schema | None = None  # an Arrow table's schema as stored (a derived copy keeps it)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -223,8 +318,26 @@ class Manifest:
 
     def original_frame(self) -> pd.DataFrame:
         """The table read again as its file stores it (the id as text, the other columns in the
-        types the reader gives them): what a derived dataset writes back in the same format."""
-        return read_table(self.card.table_path, self.card.id).reset_index(drop=True)
+        types the reader gives them): what a derived dataset writes back in the same format.
+        Stored files are not read again: their columns hold their path text, as in ``frame``;
+        a table numbered by its rows (``row_ids``) has no id column."""
+        read = read_table(self.card.table_path, self.card.id, files=self.stored, skip=self.stored)
+        frame = read.frame.reset_index(drop=True)
+        for position, column in enumerate(self.frame.columns.drop(self.card.id, errors="ignore")):
+            if column in self.stored and column not in frame.columns:
+                frame.insert(min(position, frame.shape[1]), column, self.frame[column])
+        return frame
+
+    def source(self, column: str, row: int) -> Path | io.BytesIO:
+        """What a file cell of row ``row`` (a position) reads from: the bytes the table stores,
+        or the file it names (:meth:`file_path`)."""
+        stored = self.stored.get(column)
+        if stored is None:
+            return self.file_path(self.frame[column].iat[row])
+        data = stored.data_of(row)
+        if data is not None:
+            return io.BytesIO(data)
+        return self.file_path(stored.path_of(row) or "")
 
     def file_path(self, value: str) -> Path:
         """The file a path cell names, refused if it leads outside the data folder (through a
@@ -247,9 +360,14 @@ def load_manifest(card: Card | str | Path, *, check_files: bool = True) -> Manif
     table = card.table_path
     if card.leaves_folder(table) and table.exists():
         raise CardError(f"{card.path}: table {card.table!r}: {OUTSIDE_LINK}")
-    frame = read_table(table, card.id, _text_columns(card)).reset_index(drop=True)
+    read = read_table(table, card.id, _text_columns(card), file_columns(card))
+    frame = read.frame.reset_index(drop=True)
     if frame.empty:
         raise CardError(f"{table}: the manifest table has no rows")
+    if card.row_ids:
+        card = dataclasses.replace(card, id=_free_name(frame, "id"))
+        width = len(str(len(frame) - 1))
+        frame.insert(0, card.id, np.char.zfill(np.arange(len(frame)).astype(str), width))
     _require_columns(card, frame, [card.id])
     ids = frame[card.id]
     if ids.isna().any():
@@ -280,7 +398,7 @@ def load_manifest(card: Card | str | Path, *, check_files: bool = True) -> Manif
     if card.input.type == "features":
         _check_numeric(card, frame, list(input_columns), "feature")
     else:
-        _check_files(card, frame, input_columns[0], check_files)
+        _check_files(card, frame, input_columns[0], check_files, read.stored)
 
     class_names: dict[str, tuple[str, ...]] = {}
     tag_columns: dict[str, TagColumn] = {}
@@ -293,8 +411,26 @@ def load_manifest(card: Card | str | Path, *, check_files: bool = True) -> Manif
         elif task.type == "regression":
             _check_numeric(card, frame, list(task.columns), "target")
         else:
-            _check_files(card, frame, task.column, check_files)
-    return Manifest(card, frame, input_columns, class_names, tag_columns)
+            _check_files(card, frame, task.column, check_files, read.stored)
+    return Manifest(
+        card,
+        frame,
+        input_columns,
+        class_names,
+        tag_columns=tag_columns,
+        stored=read.stored,
+        label_names=read.label_names,
+        schema=read.schema,
+    )
+
+
+def _free_name(frame: pd.DataFrame, name: str) -> str:
+    """``name``, or ``row_name``, ``row_name_2`` …: the first the table's columns do not use."""
+    taken = set(map(str, frame.columns))
+    found, n = name, 1
+    while found in taken:
+        found, n = f"row_{name}" + (f"_{n}" if n > 1 else ""), n + 1
+    return found
 
 
 def _text_columns(card: Card) -> list[str]:
@@ -363,16 +499,32 @@ def _check_numeric(card: Card, frame: pd.DataFrame, columns: list[str], what: st
             _fail(card, frame.index[row], frame, column, value, why)
 
 
-def _check_files(card: Card, frame: pd.DataFrame, column: str, exist: bool) -> None:
+def _check_files(
+    card: Card,
+    frame: pd.DataFrame,
+    column: str,
+    exist: bool,
+    stored: Mapping[str, StoredFiles],
+) -> None:
+    """The file cells of a column: text paths that stay inside the data folder (and, with
+    ``exist``, name files). Of a column that stores its files, the rows whose bytes are null
+    must name their file that way."""
     values = frame[column]
+    if column in stored:
+        named = stored[column].path_texts().to_numpy(zero_copy_only=False) != ""  # (N,)
+        in_table = stored[column].in_table()  # (N,)
+        if not (named | in_table).all():
+            row = frame.index[int(np.flatnonzero(~(named | in_table))[0])]
+            _fail(card, row, frame, column, None, "neither the file's bytes nor a path to it")
+        values = values[~in_table]
     is_text = values.map(lambda v: isinstance(v, str) and bool(v)).to_numpy(dtype=bool)
     if not is_text.all():
-        row = frame.index[int(np.flatnonzero(~is_text)[0])]
+        row = values.index[int(np.flatnonzero(~is_text)[0])]
         _fail(card, row, frame, column, values[row], "expected a file path")
     if not card.allow_outside_paths:
         escaping = pc.match_substring_regex(pa.array(values, pa.string()), ESCAPING_PATH)
         if pc.any(escaping).as_py():
-            row = frame.index[int(np.flatnonzero(escaping.to_numpy(zero_copy_only=False))[0])]
+            row = values.index[int(np.flatnonzero(escaping.to_numpy(zero_copy_only=False))[0])]
             _fail(card, row, frame, column, values[row], card.outside_path)
     if exist:
         for row, value in values.items():

@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import posixpath
 import xml.etree.ElementTree as ET
@@ -125,7 +127,7 @@ def _numbers(row: _Row) -> list[dict[str, Any]]:
 def _brushes(row: _Row) -> list[dict[str, Any]]:
     from ilt_audit.dataset.files import DECODE_ERRORS, read_label
 
-    path = row.manifest.file_path(row.cell(row.task.column))
+    path = row.manifest.source(row.task.column, row.position)
     try:
         mask = read_label(row.task, path)  # (H, W) class indices
     except DECODE_ERRORS as exc:
@@ -279,7 +281,12 @@ def _task(row: _Row, label: str) -> dict[str, Any]:
 
 def _local_file(row: _Row, column: str) -> str:
     """The Label Studio local files URL of a file a manifest cell names, relative to the data
-    folder (the document root); a file that is not inside it is an :class:`OptionError`."""
+    folder (the document root); a file that is not inside it is an :class:`OptionError`. A file
+    stored in the table goes as a data URI (Label Studio shows one as it shows a URL)."""
+    stored = row.manifest.stored.get(column)
+    data = stored.data_of(row.position) if stored is not None else None
+    if data is not None:
+        return _data_uri(data)
     value = str(row.cell(column))
     card = row.manifest.card
     root = card.root  # resolved by load_card
@@ -293,6 +300,18 @@ def _local_file(row: _Row, column: str) -> str:
             "serves local files from; --format label-studio needs every file inside it"
         )
     return LOCAL_FILES + quote(path, safe="/")
+
+
+def _data_uri(data: bytes) -> str:
+    """A stored file as a data URI, its type read from its header (nothing is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = image.get_format_mimetype() or "application/octet-stream"
+    except (UnidentifiedImageError, OSError, ValueError):
+        kind = "application/octet-stream"
+    return f"data:{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
 def label_studio_config(run: RunLike, tasks: Sequence[dict[str, Any]]) -> str:

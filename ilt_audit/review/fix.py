@@ -164,7 +164,7 @@ def fix(card: Card | str | Path, *, decisions: RunLike, out: str | Path) -> FixR
                         "time": decision.time,
                     }
                 )
-        output.frame = output.frame.drop(index=dropped).reset_index(drop=True)
+        output.frame = output.frame.drop(index=dropped)  # rows keep their numbers: see derived
 
     counts = {kind: sum(d.decision == kind for d in chosen) for kind in KINDS}
     note = (
@@ -320,7 +320,7 @@ def _predictions(run: Run, manifest: Manifest, wanted: list[tuple[TaskSpec, int]
     result: Predictions = {}
     for task, row in wanted:
         new = torch.from_numpy(np.asarray(found[task.name][manifest.ids[row]]))[None]  # (1, H, W)
-        with open_image(manifest.file_path(manifest.frame.at[row, image_column])) as image:
+        with open_image(manifest.source(image_column, row)) as image:
             own = [image.height, image.width]  # the map must have its image's size
         if list(new.shape[1:]) != own:
             mode = (

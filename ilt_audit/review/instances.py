@@ -263,9 +263,8 @@ def input_image(manifest: Manifest, row: int) -> np.ndarray:
     from ilt_audit.dataset.files import read_image
 
     column = manifest.card.input.columns[0]
-    value = manifest.frame.iloc[row][column]
     image = read_row_file(
-        manifest, manifest.ids[row], column, lambda: read_image(manifest.file_path(value))
+        manifest, manifest.ids[row], column, lambda: read_image(manifest.source(column, row))
     )
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
@@ -289,7 +288,7 @@ def label_map(manifest: Manifest, task: TaskSpec, row: int) -> np.ndarray:
     dense task's row."""
     from ilt_audit.dataset.files import read_label
 
-    path = manifest.file_path(manifest.frame.iloc[row][task.column])
+    path = manifest.source(task.column, row)
     return np.asarray(
         read_row_file(manifest, manifest.ids[row], task.column, lambda: read_label(task, path))
     )

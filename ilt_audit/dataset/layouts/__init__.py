@@ -1,10 +1,13 @@
 """Reading a dataset's layout into a dataset card: what ``ilt-audit init`` writes.
 
-Six layouts that tools already agree on are read:
+Seven layouts that tools already agree on are read:
 
-- a **table** (CSV, Parquet, JSON Lines): each column's role is inferred from its values (an id,
-  an image path, class labels, regression targets, mask or depth-map paths, a train/val split,
-  numeric features), and the card points at the table itself;
+- a **table** (CSV, Parquet, JSON Lines, Arrow): each column's role is inferred from its values
+  (an id, an image path, class labels, regression targets, mask or depth-map paths, a train/val
+  split, numeric features), and the card points at the table itself;
+- a **Hugging Face dataset**: a folder written by ``save_to_disk``, or a table ``datasets``
+  exported, read as a table whose images are stored in it, whose ``ClassLabel`` columns name
+  their classes and whose rows are numbered when it has no id column;
 - an **ImageFolder** tree (torchvision's: one folder per class, optionally under ``train/`` and
   ``val/``): one classification task whose classes are the folder names;
 - **paired folders** of images and masks (``images/`` and ``masks/``, ``img/`` and ``ann/``,
@@ -34,6 +37,7 @@ set, and the inference says which.
 One module per format, and the pieces they share (the imports among them form no cycle):
 
 - :mod:`~ilt_audit.dataset.layouts.table`: a table, and the ``--task`` option;
+- :mod:`~ilt_audit.dataset.layouts.huggingface`: what a Hugging Face export adds to a table;
 - :mod:`~ilt_audit.dataset.layouts.image_folder`: an ImageFolder tree;
 - :mod:`~ilt_audit.dataset.layouts.paired`: paired folders of images and masks;
 - :mod:`~ilt_audit.dataset.layouts.cityscapes`: Cityscapes' folders;
@@ -65,6 +69,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ilt_audit.dataset.card import DENSE_TYPES
+from ilt_audit.dataset.huggingface import DATASET_DICT, is_saved
 from ilt_audit.dataset.layouts.cityscapes import is_cityscapes, read_cityscapes
 from ilt_audit.dataset.layouts.coco import coco_files, masks_folder, read_coco
 from ilt_audit.dataset.layouts.draft import (
@@ -144,7 +149,13 @@ def init_card(
             raise OptionError(f"--images {images}: not a folder")
     if path.is_file() and out.resolve() == path.resolve():
         raise OptionError(f"--out {out}: that is the table itself; name a new .toml file")
-    made = path.is_dir() or coco is not None  # a manifest written beside the card
+    folder_layout = path.is_dir() and not is_saved(path)
+    if folder_layout and coco is None and (path / DATASET_DICT).is_file():
+        raise CardError(
+            f"{path}: a DatasetDict saved with save_to_disk; give one split's folder, e.g. "
+            f"{path / 'train'}"
+        )
+    made = folder_layout or coco is not None  # a manifest written beside the card
     manifest_path = out.with_name(f"{out.stem}.manifest.csv") if made else None
     masks = masks_folder(out) if coco is not None else None
     for target in (out, manifest_path, masks):

@@ -59,7 +59,8 @@ class InitResult:
 
     card: Path
     manifest: Path | None  # the manifest written beside the card (folder layouts)
-    layout: str  # "table", "imagefolder", "paired", "cityscapes", "voc" or "coco"
+    layout: str  # "table", "saved" (a save_to_disk folder), "imagefolder", "paired",
+    # "cityscapes", "voc" or "coco"
     inferences: tuple[Inference, ...]
     derived: tuple[DerivedFolder, ...] = ()  # folders written beside the card (COCO's masks)
 
@@ -212,6 +213,7 @@ def _place(derived: DerivedFolder, pid: int) -> tuple[Path, Path | None]:
 
 _LAYOUT_NAMES = {
     "table": "table",
+    "saved": "Hugging Face dataset folder (save_to_disk)",
     "imagefolder": "torchvision ImageFolder tree",
     "paired": "folder of images and masks",
     "cityscapes": "Cityscapes folder",

@@ -1,7 +1,9 @@
-"""A table (CSV, Parquet, JSON Lines): each column's role is inferred from its values (an id, an
-image path, class labels, lists of tags, regression targets, mask or depth-map paths, a train/val
-split, numeric features) or settled by hand (``--task``, ``--input``, ``--id``, ``--skip``); the
-card points at the table itself."""
+"""A table (CSV, Parquet, JSON Lines, an Arrow file or a ``save_to_disk`` folder): each column's
+role is inferred from its values (an id, an image path, class labels, lists of tags, regression
+targets, mask or depth-map paths, a train/val split, numeric features) or settled by hand (``--task``,
+``--input``, ``--id``, ``--skip``); the card points at the table itself. What a Hugging Face
+export adds (images stored in the table, ``ClassLabel`` names, no id column) is
+:mod:`~ilt_audit.dataset.layouts.huggingface`'s."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ilt_audit.dataset import manifest
-from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, TASK_TYPES
+from ilt_audit.dataset import huggingface, manifest
+from ilt_audit.dataset.card import ESCAPING_PATH, SAVED, TABLE_READERS, TASK_TYPES
+from ilt_audit.dataset.layouts import huggingface as export
 from ilt_audit.dataset.layouts.draft import Draft, inside
 from ilt_audit.dataset.layouts.sampling import (
     IMAGE_SUFFIXES,
@@ -75,12 +78,13 @@ def read_table(
     skip: list[str],
     allow_outside: bool,
 ) -> Draft:
-    if path.suffix.lower() not in TABLE_READERS:
+    saved = path.is_dir()
+    if path.suffix.lower() not in TABLE_READERS and not saved:
         raise CardError(
             f"{path}: not a table ilt-audit reads (a suffix of {', '.join(TABLE_READERS)}) "
             "nor a folder"
         )
-    draft = Draft("table", table=path, source=path)
+    draft = Draft("saved" if saved else "table", table=path, source=path)
     table = path.resolve()
     if not inside(table, folder) and not allow_outside:
         raise draft.fail(
@@ -88,7 +92,12 @@ def read_table(
             f"{table.parent} or a folder above it (e.g. --out {table.parent / 'card.toml'}), or "
             "pass --allow-outside-paths"
         )
-    frame = manifest.read_table(path, id_column or "")
+    read = manifest.read_table(path, id_column or "")
+    frame = read.frame
+    if saved:
+        draft.note(
+            str(path), SAVED, f"{huggingface.STATE} lists its data files, read memory-mapped"
+        )
     if frame.empty:
         raise draft.fail(f"{path}: the table has no rows")
     frame.columns = [str(c) for c in frame.columns]
@@ -109,8 +118,9 @@ def read_table(
     for column in skip:
         draft.note(column, "left out", "--skip")
 
-    chosen = _choose_id(draft, path, frame, open_columns, id_column)
-    open_columns.remove(chosen)
+    chosen = _choose_id(draft, path, frame, open_columns, id_column, export.is_export(read))
+    if chosen is not None:
+        open_columns.remove(chosen)
     split = _choose_split(draft, path, frame, open_columns)
     if split is not None:
         open_columns.remove(split)
@@ -121,9 +131,10 @@ def read_table(
     given = {c for t in options for c in t.columns} | set(inputs)
     open_columns = [c for c in open_columns if c not in given]
     scanned = [c for c in columns if c not in skip and c != split]
-    files = _file_columns(draft, path, frame, folder, scanned, allow_outside)
+    files = _file_columns(draft, path, read, folder, scanned, allow_outside)
+    open_columns = [c for c in open_columns if c not in read.stored or c in files]  # noted
     for option in options:
-        tasks[option.name] = _option_task(draft, frame, option, files)
+        tasks[option.name] = _option_task(draft, read, option, files, folder)
 
     images = [c for c in open_columns if c in files and files[c].kind == "image"]
     if not images and chosen in files and files[chosen].kind == "image":
@@ -138,7 +149,7 @@ def read_table(
                 draft.note(other, "left out", "an image column other than the input (--input)")
     taken = set(tasks)
     for column in open_columns:
-        task = _infer_task(draft, frame, column, files.get(column), input_spec, taken)
+        task = _infer_task(draft, read, column, files.get(column), input_spec, taken)
         if task is not None:
             name, spec = task
             tasks[name] = spec
@@ -154,13 +165,22 @@ def read_table(
             f"{path}: no label column found (every column is the id, the input or left out); "
             "name one with --task NAME=COLUMN:TYPE"
         )
-    draft.card.update({"id": chosen, "input": input_spec, "tasks": tasks})
+    draft.card.update({"input": input_spec, "tasks": tasks})
+    if chosen is not None:
+        draft.card = {"id": chosen, **draft.card}
     return draft
 
 
 def _choose_id(
-    draft: Draft, path: Path, frame: pd.DataFrame, columns: list[str], given: str | None
-) -> str:
+    draft: Draft,
+    path: Path,
+    frame: pd.DataFrame,
+    columns: list[str],
+    given: str | None,
+    numbered: bool,
+) -> str | None:
+    """The id column; None when the table is a Hugging Face export without one (``numbered``):
+    then the rows' numbers are the ids (:func:`~ilt_audit.dataset.layouts.huggingface.row_ids`)."""
     if given is not None:
         draft.note(given, "id", "--id")
         return given
@@ -182,6 +202,9 @@ def _choose_id(
             f"{path}: columns {', '.join(map(repr, candidates))} could each be the id; choose with "
             + " or ".join(f"--id {c}" for c in candidates)
         )
+    if numbered:
+        export.row_ids(draft, len(frame))
+        return None
     raise draft.fail(
         f"{path}: no id column: no column named like an id (id, key, *_id) holds unique values; "
         f"name the column of unique instance ids with --id COLUMN (columns: {', '.join(columns)})"
@@ -240,17 +263,25 @@ def _kind(column: pd.Series) -> str:
 def _file_columns(
     draft: Draft,
     path: Path,
-    frame: pd.DataFrame,
+    read: manifest.Table,
     folder: Path,
     columns: list[str],
     allow_outside: bool,
 ) -> dict[str, Files]:
     """The text columns that name files (most values end in an image or ``.npy`` suffix), with
-    what a sample of their files holds; the first one decides ``draft.root``."""
+    what a sample of their files holds; the first one decides ``draft.root``. A column that
+    stores its files in the table is one too, whatever its path texts say."""
+    frame = read.frame
     found: dict[str, Files] = {}
     known = "|".join(re.escape(s[1:]) for s in (*IMAGE_SUFFIXES, *MAP_SUFFIXES))
     for column in columns:
         values = frame[column]
+        if column in read.stored:
+            if not export.holds_images(draft, read, column):
+                continue
+            files = export.StoredColumn(read.stored[column], column, draft.root or folder)
+            found[column] = export.stored(sample_files(draft, column, files, masks=False))
+            continue
         if _kind(values) != "text":
             continue
         text = pa.array(values.where(values.notna(), None), pa.string())
@@ -314,8 +345,9 @@ def _base(draft: Draft, path: Path, folder: Path, column: str, values: pd.Series
 
 
 def _option_task(
-    draft: Draft, frame: pd.DataFrame, option: TaskOption, files: dict[str, Files]
+    draft: Draft, read: manifest.Table, option: TaskOption, files: dict[str, Files], folder: Path
 ) -> dict[str, Any]:
+    frame = read.frame
     column = option.columns[0]
     if option.type == "regression":
         draft.note(", ".join(option.columns), f"task {option.name}: regression", "--task")
@@ -326,11 +358,17 @@ def _option_task(
                 f"--task {option.name}={column}:segmentation: column {column!r} does not name "
                 "image files"
             )
-        assert draft.root is not None  # set with the file columns
-        found = sample_files(draft, column, [draft.root / v for v in frame[column]], masks=True)
+        root = draft.root or folder  # set with the file columns that name files
+        paths: Any = [root / v for v in frame[column]]
+        if column in read.stored:
+            paths = export.StoredColumn(read.stored[column], column, root)
+        found = sample_files(draft, column, paths, masks=True)
         found = dataclasses.replace(found, why=f"--task; {found.why}")
         task = dense_task(draft, column, option.name, found)
         return task
+    if option.type == "classification" and column in read.label_names:
+        names = read.label_names[column]
+        return export.class_label_task(draft, column, option.name, names, "--task")
     draft.note(column, f"task {option.name}: {option.type}", "--task")
     return {"type": option.type, "column": column}
 
@@ -402,7 +440,7 @@ def _choose_input(
 
 def _infer_task(
     draft: Draft,
-    frame: pd.DataFrame,
+    read: manifest.Table,
     column: str,
     files: Files | None,
     input_spec: dict[str, Any],
@@ -410,7 +448,7 @@ def _infer_task(
 ) -> tuple[str, dict[str, Any]] | None:
     """The task a column holds, or ``None`` when it is left out (either way, noted)."""
     name = _task_name(column, taken)
-    values = frame[column]
+    values = read.frame[column]
     kind = _kind(values)
     if files is not None:
         if files.kind == "map":
@@ -419,6 +457,8 @@ def _infer_task(
         if files.kind == "mask":
             return name, dense_task(draft, column, name, files)
         return None  # images: the input, or noted as left out
+    if column in read.label_names:
+        return name, export.class_label_task(draft, column, name, read.label_names[column])
     if _holds_lists(values):
         try:
             tags = read_tags(values, "|").names()
