@@ -174,11 +174,11 @@ class Card:
         """Hash of the card and its manifest table, recorded in a run's config. A table stored
         as a ``save_to_disk`` folder counts by its state, its features and every data file;
         bytes stored in the table are part of it."""
-        digest = hashlib.sha256(self.path.read_bytes())
-        for path in table_files(self.table_path):
-            stat = path.stat()
-            digest.update(_file_sha256(str(path), stat.st_size, stat.st_mtime_ns).encode())
-        return digest.hexdigest()
+        files = (self.path, *table_files(self.table_path))
+        stats = [os.stat(f) for f in files]
+        return _content_sha256(
+            tuple((str(f), s.st_size, s.st_mtime_ns) for f, s in zip(files, stats, strict=True))
+        )
 
 
 def table_files(table: Path) -> list[Path]:
@@ -193,11 +193,16 @@ def table_files(table: Path) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """A file's sha256, read in blocks (a table holding images may be large), once per process
-    for a given size and modification time."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def _content_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
+    """The sha256 of the files' bytes one after the other (the card, then its table's files: the
+    same hash as runs before tables could be folders recorded), read in blocks (a table holding
+    images may be large), once per process for the same sizes and modification times."""
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def file_columns(card: Card) -> list[str]:
