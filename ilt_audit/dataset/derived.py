@@ -45,6 +45,7 @@ from ilt_audit.dataset.card import ESCAPING_PATH, TABLE_READERS, TaskSpec
 from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.dataset.tags import tag_cells
 from ilt_audit.errors import OptionError
+from ilt_audit.internal.files import WRITE_ERRNOS, write_error
 from ilt_audit.internal.toml import toml_dumps, toml_string
 
 
@@ -190,6 +191,13 @@ def write_derived(
             raise OptionError(
                 f"{out} exists and is not empty: another process wrote it while this one ran"
             ) from None
+    except OSError as exc:  # a full disk or a folder that cannot be written: nothing of out
+        written = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if written is None or staging not in (written, *written.parents):
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            written = staging
+        raise write_error(out / written.relative_to(staging), exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

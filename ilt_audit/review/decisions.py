@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import math
@@ -36,9 +37,14 @@ import pandas as pd
 from ilt_audit.dataset.card import TaskSpec
 from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import IltAuditError
-from ilt_audit.internal.files import write_atomic
+from ilt_audit.internal.files import write_atomic, write_error
 
 DECISIONS_FILE = "review.sqlite"
+_WRITE_FAILURES = {  # SQLite's messages of a file it cannot write, as the OS would say them
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EACCES,
+    "unable to open database file": errno.EACCES,
+}
 KINDS = ("keep", "relabel", "drop")
 PREDICTION = "prediction"  # a relabel of a mask or depth map: the model's output replaces it
 COLUMNS = ("id", "task", "decision", "value", "reviewer", "time")
@@ -209,13 +215,19 @@ class DecisionStore:
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection of its own (one per thread), closed at the end."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # on disk before the page says "saved"
-            yield db
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # on disk before the page says "saved"
+                yield db
+            finally:
+                db.close()
+        except sqlite3.OperationalError as exc:  # a transaction that fails is rolled back whole
+            failure = _WRITE_FAILURES.get(str(exc))
+            if failure is None:
+                raise
+            raise write_error(self.path, OSError(failure, str(exc))) from None
 
     def record(self, decisions: Iterable[Decision]) -> int:
         """Append checked decisions in one transaction; returns how many."""
@@ -229,7 +241,8 @@ class DecisionStore:
                     rows,
                 )
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite has rolled back itself on a full disk
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         return len(rows)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ilt_audit.errors import CardError, RunDirError
-from ilt_audit.internal.files import write_text_atomic
+from ilt_audit.internal.files import Staging, write_text_atomic
 
 if TYPE_CHECKING:
     from ilt_audit.dataset.manifest import Manifest
@@ -68,10 +68,16 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` whole (it is small), atomically."""
+def write_metrics(
+    run_dir: Path, rows: list[dict[str, Any]], *, into: Staging | None = None
+) -> None:
+    """Rewrite ``metrics.jsonl`` whole (it is small), atomically; with ``into``, as one of the
+    files staged together (:func:`~ilt_audit.internal.files.staged`)."""
     text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-    write_text_atomic(Path(run_dir) / METRICS, text)
+    if into is not None:
+        into.write(Path(run_dir) / METRICS, lambda handle: handle.write(text.encode("utf-8")))
+    else:
+        write_text_atomic(Path(run_dir) / METRICS, text)
 
 
 @dataclass(frozen=True, eq=False)

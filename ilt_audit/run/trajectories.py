@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ilt_audit.errors import RunDirError
-from ilt_audit.internal.files import write_atomic
+from ilt_audit.internal.files import Staging, write_atomic
 from ilt_audit.run.evidence import COLUMNS as EVIDENCE_COLUMNS
 
 SCHEMA = pa.schema(
@@ -87,9 +87,11 @@ class TrajectoryWriter:
         *,
         margin: np.ndarray | None = None,
         evidence: Mapping[str, np.ndarray] | None = None,
+        into: Staging | None = None,
     ) -> Path:
         """Write one epoch's (N, K) ``log σ²``, losses and evidence columns (missing: NaN),
-        atomically. ``margin`` is the evidence column of that name."""
+        atomically. ``margin`` is the evidence column of that name; with ``into``, the file is
+        one of the files staged together (:func:`~ilt_audit.internal.files.staged`)."""
         given = dict(evidence or {})
         if margin is not None:
             given["margin"] = margin
@@ -107,7 +109,10 @@ class TrajectoryWriter:
             schema=SCHEMA.with_metadata(self.metadata),
         )
         path = epoch_file(self.run_dir, epoch, rank)
-        write_atomic(path, lambda tmp: pq.write_table(table, tmp), make_folder=True)
+        if into is not None:
+            into.write(path, lambda handle: pq.write_table(table, handle), make_folder=True)
+        else:
+            write_atomic(path, lambda tmp: pq.write_table(table, tmp), make_folder=True)
         return path
 
 

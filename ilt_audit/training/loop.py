@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import platform
 import random
+import shlex
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,11 +41,11 @@ from ilt_audit.dataset.files import Normalisation
 from ilt_audit.dataset.loader import Dataset, EpochBatches, make_loader, to_device
 from ilt_audit.dataset.opening import Source, open_dataset
 from ilt_audit.dataset.record import write_files
-from ilt_audit.errors import CardError, OptionError, RunDirError, TrainingDiverged
+from ilt_audit.errors import CardError, OptionError, OutputError, RunDirError, TrainingDiverged
 from ilt_audit.internal import distributed
 from ilt_audit.internal.console import progress
 from ilt_audit.internal.distributed import Place
-from ilt_audit.internal.files import write_atomic
+from ilt_audit.internal.files import staged
 from ilt_audit.internal.lock import LOCK_FILE, run_lock
 from ilt_audit.run import evidence
 from ilt_audit.run.directory import (
@@ -716,7 +717,9 @@ def _write_epoch(
     metrics: list[dict[str, Any]],
     config_json: dict[str, Any],
 ) -> None:
-    """Write a finished epoch: its trajectory file, its metrics line, then the checkpoint.
+    """Write a finished epoch: its trajectory file, its metrics line, then the checkpoint, each
+    to a temporary file first and renamed only when all three are on disk, so that a file that
+    cannot be written (a full disk) abandons the epoch whole (:class:`OutputError`).
 
     ``last`` is each instance's last loss (N, K) and its evidence (N, S), one column per
     (task, signal) slot; a signal a task does not have is NaN in the file."""
@@ -735,8 +738,16 @@ def _write_epoch(
             slot.signal.column, np.full(tuple(last_loss.shape), np.nan, dtype=np.float32)
         )
         column[:, slot.task] = found[:, position]
-    writer.write(epoch, log_sigma2, last_loss.numpy(), evidence=columns)
-    metrics.append(row)
-    write_metrics(out, metrics)
     state = run.state_dict(epoch, config_json)
-    write_atomic(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+    try:  # the three files whole, or none of them: a full disk abandons the epoch, not the run
+        with staged() as files:
+            writer.write(epoch, log_sigma2, last_loss.numpy(), evidence=columns, into=files)
+            write_metrics(out, [*metrics, row], into=files)
+            files.write(out / CHECKPOINT, lambda handle: torch.save(state, handle))
+    except OutputError as exc:
+        resume = f"ilt-audit train {shlex.quote(config_json['card']['path'])} --out "
+        raise OutputError(
+            f"{exc}; epoch {epoch} is not recorded, the {epoch - 1} finished epoch(s) are kept. "
+            f"Resume with `{resume}{shlex.quote(str(out))} --resume` once it can be written"
+        ) from None
+    metrics.append(row)
