@@ -547,3 +547,9 @@ def test_the_whole_store_is_valid_after_fuzzing(fuzzed: Served) -> None:
     for row in DecisionStore(fuzzed.run).records():
         stored = _stored(row)
         assert check_decision(fuzzed.review.manifest, stored) == stored
+
+
+@pytest.mark.parametrize("number", ["9" * 30, "-5", "x", "1e9"])
+def test_any_page_number_is_a_page(fuzzed: Served, number: str) -> None:
+    status, html, _ = _get(fuzzed.url + f"tasks/colour?page={number}")
+    assert status == 200 and "Traceback" not in html

@@ -608,6 +608,8 @@ def review_app(review: Review, *, hosts: list[str] | None = None) -> Starlette:
             decision, counts = await _in_thread(review.decide, body)
         except DecisionError as exc:
             return JSONResponse({"error": str(exc)}, 422)
+        except sqlite3.OperationalError as exc:  # busy past its timeout, disk full: "not saved"
+            return JSONResponse({"error": f"the decisions file: {exc}; try again"}, 503)
         return JSONResponse(
             {
                 "saved": True,
