@@ -235,6 +235,33 @@ def test_two_clients_deciding_at_once_lose_nothing(served: Served, browser: obje
     ]
 
 
+def test_the_page_shows_each_labels_history_and_the_last_decision(
+    served: Served, browser: object
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    errors = _watch(page)
+    page.goto(served.url + "tasks/colour")
+    card = page.locator("article.suspect").nth(0)
+    history = card.locator("details.history")
+    expect(history).to_be_hidden()  # nothing decided yet
+    page.keyboard.press("k")  # keep the first card
+    expect(card.locator(".status")).to_have_text("saved: keep (tester)")
+    expect(history.locator("li")).to_have_count(1)  # appended by the page on the reply
+    expect(history.locator("li").nth(0)).to_contain_text("tester: keep")
+    instance = card.get_attribute("data-id")
+    other = {"id": instance, "task": "colour", "decision": "drop", "reviewer": "<i>bob</i>"}
+    assert _post(served, other)[0] == 200  # another reviewer, in another browser
+    page.reload()
+    card = page.locator("article.suspect").nth(0)
+    expect(card.locator(".status")).to_have_text("saved: drop (<i>bob</i>)")
+    card.locator("details.history summary").click()
+    expect(card.locator("details.history li")).to_have_count(2)
+    expect(card.locator("details.history li").nth(1)).to_contain_text("<i>bob</i>: drop")
+    assert errors == []
+
+
 # --- the server's rules ----------------------------------------------------------------------
 
 

@@ -91,6 +91,8 @@ PER_PAGE = 10
 PICTURE = 192  # the longest side of the pictures on a review card, in pixels
 MEDIAN_SAMPLE = 20_000  # the median trajectory is drawn from at most this many instances per task
 PREDICTION_CACHE = 2_000  # instances whose predictions are kept in memory
+MAX_BODY = 64 * 1024  # bytes of a posted decision; a larger body is refused (413) unread
+HISTORY_PAGE = 1_000  # decisions per answer of GET /api/decisions, unless ?limit= asks fewer
 LAYOUT = 2  # of the suspects table: a table of another layout is built again (2: evidence)
 
 _SUSPECTS = """
@@ -293,6 +295,13 @@ class Review:
             ).fetchall()
         return [dict(r) for r in found], total
 
+    def histories(self, task: str, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Per instance id, every decision on its label for the task, oldest first."""
+        found: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for row in self.store.records(task, ids):
+            found[row["id"]].append(row)
+        return found
+
     def medians(self) -> dict[str, list[float | None]]:
         with self.store.connect() as db:
             found = db.execute("SELECT value FROM suspects_meta WHERE key = 'medians'").fetchone()
@@ -345,8 +354,10 @@ class Review:
         found: dict[str, Any],
         predicted: dict[str, Any] | None,
         median: list[float | None],
+        history: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """What the template needs to draw one suspect."""
+        """What the template needs to draw one suspect (``history``: its decisions, oldest
+        first)."""
         row = self.row(found["id"])
         image = self.manifest.card.input.type == "image"
         view: dict[str, Any] = {
@@ -357,6 +368,7 @@ class Review:
             "decision": found["decision"],
             "value": found["value"],
             "reviewer": found["reviewer"],
+            "history": history or [],
             "input": png_uri(input_image(self.manifest, row), PICTURE) if image else None,
             "features": None if image else feature_text(self.manifest, row),
             "sparkline": sparkline(json.loads(found["trajectory"]), median),
@@ -422,30 +434,36 @@ class Review:
         view["why"] = why_text(evidence, found["label"], predicted=guess, labelled=labelled)
         return view
 
-    def decide(self, body: Any) -> Decision:
-        """Check and record one decision from the page; raises DecisionError when it does not
-        fit."""
+    def decide(self, body: Any) -> tuple[Decision, dict[str, int] | None]:
+        """Check and record one decision from the page, then the task's counts; raises
+        DecisionError when it does not fit. Returns once the decision is committed."""
         if not isinstance(body, dict):
             raise DecisionError("a decision is a JSON object")
         fields = {k: body.get(k) for k in ("id", "task", "decision", "value", "reviewer")}
         if not all(isinstance(fields[k], str) for k in ("id", "task", "decision")):
             raise DecisionError("a decision needs id, task and decision as text")
+        if fields["reviewer"] is not None and not isinstance(fields["reviewer"], str):
+            raise DecisionError("reviewer is text when given", "reviewer")
         value = fields["value"]
         if isinstance(value, list):
             value = json.dumps(value)
+        elif isinstance(value, bool) or not isinstance(value, str | int | float | None):
+            raise DecisionError(
+                "value is text, a number or a list (a relabel's new label) when given", "value"
+            )
         decision = check(
             self.manifest,
             Decision(
-                id=str(fields["id"]),
-                task=str(fields["task"]),
-                decision=str(fields["decision"]),
+                id=fields["id"],
+                task=fields["task"],
+                decision=fields["decision"],
                 value=None if value is None else str(value),
-                reviewer=str(fields["reviewer"] or self.reviewer),
+                reviewer=fields["reviewer"] or self.reviewer,
             ),
             ids=self._index(),
         )
         self.store.record([decision])
-        return decision
+        return decision, self.counts().get(decision.task)
 
     def _index(self) -> pd.Index:
         """The manifest's ids as an index, built once."""
@@ -534,10 +552,14 @@ def review_app(review: Review, *, hosts: list[str] | None = None) -> Starlette:
             number = max(int(request.query_params.get("page", "1")), 1)
         except ValueError:
             number = 1
+        number = min(number, 1 << 40)  # beyond any list; SQLite's integers are 64-bit
         found, total = review.page(name, number, filters)
         predicted = review.predictions([f["id"] for f in found])
         median = review.medians().get(name, [])
-        cards = [review.card(task, f, predicted.get(f["id"]), median) for f in found]
+        histories = review.histories(name, [f["id"] for f in found])
+        cards = [
+            review.card(task, f, predicted.get(f["id"]), median, histories[f["id"]]) for f in found
+        ]
         pages = max(math.ceil(total / PER_PAGE), 1)
         summary = review.audit_summary()
         notes = [review.predictions_note, review.run.partial_note, *summary["notes"]]
@@ -573,29 +595,62 @@ def review_app(review: Review, *, hosts: list[str] | None = None) -> Starlette:
             return JSONResponse({"error": "missing or wrong review token"}, 403)
         if request.headers.get("content-type", "").split(";")[0] != "application/json":
             return JSONResponse({"error": "decisions are posted as JSON"}, 415)
+        raw = await _body(request, MAX_BODY)
+        if raw is None:
+            return JSONResponse({"error": f"a decision is at most {MAX_BODY} bytes"}, 413)
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
             return JSONResponse({"error": "the body is not JSON"}, 400)
         try:
-            decision = await _in_thread(review.decide, body)
+            # the reply is sent only after the decision is committed: the page says "saved"
+            # on this reply alone
+            decision, counts = await _in_thread(review.decide, body)
         except DecisionError as exc:
             return JSONResponse({"error": str(exc)}, 422)
+        except sqlite3.OperationalError as exc:  # busy past its timeout, disk full: "not saved"
+            return JSONResponse({"error": f"the decisions file: {exc}; try again"}, 503)
         return JSONResponse(
             {
                 "saved": True,
+                "id": decision.id,
+                "task": decision.task,
                 "decision": decision.decision,
                 "value": decision.value,
                 "reviewer": decision.reviewer,
                 "time": decision.time,
-                "counts": review.counts().get(decision.task),
+                "counts": counts,
             }
+        )
+
+    async def history(request: Request) -> Response:
+        query = request.query_params
+        try:
+            after = int(query.get("after") or 0)
+            limit = int(query.get("limit") or HISTORY_PAGE)
+        except ValueError:
+            return JSONResponse({"error": "after and limit are whole numbers"}, 400)
+        if not (0 <= after < 1 << 62 and 1 <= limit <= HISTORY_PAGE):
+            return JSONResponse(
+                {"error": f"after is 0 or more and limit between 1 and {HISTORY_PAGE}"}, 400
+            )
+        task, instance = query.get("task"), query.get("id")
+        rows = await _in_thread(
+            review.store.records,
+            task,
+            None if instance is None else [instance],
+            after=after,
+            limit=limit,
+        )
+        return JSONResponse(
+            {"decisions": rows, "next": rows[-1]["seq"] if len(rows) == limit else None}
         )
 
     routes = [
         Route("/", home),
         Route("/tasks/{task}", task_page),
         Route("/api/decisions", decide, methods=["POST"]),
+        Route("/api/decisions", history, methods=["GET"]),
         Mount("/static", StaticFiles(packages=[("ilt_audit.review", "static")]), name="static"),
     ]
     allowed = hosts or ["127.0.0.1", "localhost", "[::1]"]
@@ -604,10 +659,24 @@ def review_app(review: Review, *, hosts: list[str] | None = None) -> Starlette:
     )
 
 
-async def _in_thread(function: Any, *args: Any) -> Any:
+async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
-    return await run_in_threadpool(function, *args)
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None when it is longer than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _query(filters: Filters) -> str:

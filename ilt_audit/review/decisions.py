@@ -126,7 +126,18 @@ def check_decision(
             f"a {decision.decision} decision takes no value, got {value!r}", "value"
         )
     reviewer = (decision.reviewer or "anonymous")[:MAX_REVIEWER]
+    if not _is_unicode(reviewer):
+        raise DecisionError(f"reviewer {reviewer!r} is not Unicode text", "reviewer")
     return replace(decision, value=value, reviewer=reviewer, time=decision.time or now())
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether text can be stored as UTF-8 (a JSON body can carry a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_value(manifest: Manifest, task: TaskSpec, value: str) -> str:
@@ -260,11 +271,32 @@ class DecisionStore:
 
     def history(self) -> pd.DataFrame:
         """Every decision in the order it was made, with ``seq``."""
+        return pd.DataFrame(self.records(), columns=["seq", *COLUMNS])
+
+    def records(
+        self,
+        task: str | None = None,
+        ids: Iterable[str] | None = None,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> list[dict[str, object]]:
+        """Every decision as a dict of ``seq`` and :data:`COLUMNS` (``value`` None, not NaN,
+        for keep and drop) in the order it was made: of one task and of some ids when given,
+        from ``seq > after``, at most ``limit`` of them (a page of a long history)."""
+        where, args = ["seq > ?"], [after]
+        if task is not None:
+            where.append("task = ?")
+            args.append(task)
+        if ids is not None:
+            chosen = list(ids)
+            where.append(f"id IN ({', '.join('?' * len(chosen))})")
+            args.extend(chosen)
+        query = f"SELECT seq, {', '.join(COLUMNS)} FROM decisions WHERE {' AND '.join(where)} "
+        query += "ORDER BY seq" + ("" if limit is None else f" LIMIT {int(limit)}")
         with self.connect() as db:
-            rows = db.execute(
-                f"SELECT seq, {', '.join(COLUMNS)} FROM decisions ORDER BY seq"
-            ).fetchall()
-        return pd.DataFrame(rows, columns=["seq", *COLUMNS])
+            rows = db.execute(query, args).fetchall()
+        return [dict(zip(("seq", *COLUMNS), row, strict=True)) for row in rows]
 
     def export_csv(self, path: Path) -> int:
         """Write the decisions that count to a CSV (atomically); returns how many."""

@@ -44,15 +44,25 @@
     } catch (error) {
       body = { error: "the server did not answer: " + error };
     }
-    if (!response || !response.ok) {
+    // "saved" only on the server's 2xx reply, which it sends after the commit; no reply, a
+    // refusal or a reply cut short leaves the card "not saved"
+    if (!response || !response.ok || !body || body.saved !== true) {
       card.classList.add("error");
-      status.textContent = "not saved: " + body.error;
+      status.textContent = "not saved: " + ((body && body.error) || "no answer from the server");
       return false;
     }
     card.dataset.decision = body.decision;
     card.classList.add("decided");
-    status.textContent = "saved: " + body.decision + (body.value ? " → " + body.value : "") +
-      " (" + body.reviewer + ")";
+    const shown = body.decision + (body.value ? " → " + body.value : "");
+    status.textContent = "saved: " + shown + " (" + body.reviewer + ")";
+    const history = card.querySelector("details.history");
+    if (history) {
+      const entry = document.createElement("li");
+      entry.textContent = body.time + " · " + body.reviewer + ": " + shown;
+      history.querySelector("ol").append(entry);
+      history.querySelector(".count").textContent = history.querySelectorAll("li").length;
+      history.hidden = false;
+    }
     const left = document.getElementById("left-" + card.dataset.task);
     if (left && body.counts) left.textContent = body.counts.left + " left of " + body.counts.total;
     return true;
