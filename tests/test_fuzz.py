@@ -15,6 +15,7 @@ load. Derandomised, so that CI sees the same examples; every crash found is kept
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import tempfile
@@ -94,8 +95,8 @@ def json_edits(draw: st.DrawFn, document: Any, values: st.SearchStrategy[Any]) -
             parent = parent[step]
         if draw(st.integers(0, 4)) == 0:
             del parent[place[-1]]
-        else:
-            parent[place[-1]] = draw(values)
+        else:  # a copy: a later edit must not change the strategy's own constants
+            parent[place[-1]] = copy.deepcopy(draw(values))
     return document
 
 
@@ -489,6 +490,16 @@ def test_init_on_a_mutated_cityscapes_folder(cli, data):
                 path.write_bytes(data.draw(label_files((32, 64))))
         (folder / "cards").mkdir()
         _init_ends_cleanly(cli, root, folder / "cards" / "cityscapes.toml")
+
+
+@pytest.mark.parametrize("name", ["a\nb_leftImg8bit.png", "\u2028"])
+def test_a_file_name_with_a_line_break_stays_on_the_one_error_line(tmp_path, cli, name):
+    """A name holding a newline or U+2028 split the ``Error:`` line in two."""
+    root = cityscapes(tmp_path / "cityscapes", n=1, test=False)
+    (root / "leftImg8bit" / "train" / "aachen" / name).write_bytes(b"")
+    result = cli("init", root, "--out", tmp_path / "cityscapes.toml")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert repr(name[:3])[1:-1] in result.stderr, result.stderr  # the escape, as written
 
 
 # --- Hugging Face exports --------------------------------------------------------------------
