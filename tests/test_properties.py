@@ -150,21 +150,23 @@ def card_documents(draw: st.DrawFn) -> dict[str, Any]:
         },
     }
 
-    def mutate(value: Any) -> Any:
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                choice = draw(st.integers(0, 9))
-                if choice == 0:
-                    continue  # dropped
-                out[key] = draw(_VALUES) if choice == 1 else mutate(item)
-            if draw(st.integers(0, 9)) == 0:
-                out[draw(st.text(min_size=1, max_size=5))] = draw(_VALUES)
-            return out
-        return value
+    return _without_none(mutate(draw, base, _VALUES))
 
-    document = mutate(base)
-    return _without_none(document)
+
+def mutate(draw: st.DrawFn, value: Any, values: st.SearchStrategy[Any]) -> Any:
+    """``value`` with each key of its tables kept, dropped or given one of ``values``, and now and
+    then a new key."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            choice = draw(st.integers(0, 9))
+            if choice == 0:
+                continue  # dropped
+            out[key] = draw(values) if choice == 1 else mutate(draw, item, values)
+        if draw(st.integers(0, 9)) == 0:
+            out[draw(st.text(min_size=1, max_size=5))] = draw(values)
+        return out
+    return value
 
 
 def _without_none(value: Any) -> Any:

@@ -70,11 +70,17 @@ def markup_safe(text: str) -> str:
     return escape(text)
 
 
+def printable(text: str) -> str:
+    """Untrusted text on one line: a newline (or another character that is not printable, such
+    as U+2028) in a file name shows as its escape, ``\\n``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     from ilt_audit.internal.console import err_console
 
     err_console.print(
-        f"[bold red]Error:[/] {markup_safe(message)}", highlight=False, soft_wrap=True
+        f"[bold red]Error:[/] {markup_safe(printable(message))}", highlight=False, soft_wrap=True
     )
     return typer.Exit(code)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ilt_audit.cli.common import markup_safe
+from ilt_audit.cli.common import markup_safe, printable
 
 
 class Noise(StrEnum):
@@ -91,9 +91,6 @@ def init(
     from ilt_audit.dataset.layouts import LayoutError, init_card
     from ilt_audit.internal.console import err_console
 
-    def _printable(text: str) -> str:  # a newline in a file name shows as \n
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
     def show(inferences: Any, title: str) -> None:
         if not inferences:
             return
@@ -102,8 +99,8 @@ def init(
         for column in ("column", "inferred", "why", "choices")[: 4 if choices else 3]:
             table.add_column(column, overflow="fold")
         for note in inferences:
-            cells = [_printable(c) for c in (note.subject, note.decision, note.why)]
-            cells.append("\n".join(_printable(c) for c in note.choices))
+            cells = [printable(c) for c in (note.subject, note.decision, note.why)]
+            cells.append("\n".join(printable(c) for c in note.choices))
             table.add_row(*(Text(c) for c in cells[: 4 if choices else 3]))
         Console().print(table)
 
@@ -120,9 +117,9 @@ def init(
             images=images,
         )
     except LayoutError as exc:
-        show(exc.inferences, f"What ilt-audit read in {_printable(str(path))}, so far")
+        show(exc.inferences, f"What ilt-audit read in {printable(str(path))}, so far")
         raise
-    show(result.inferences, f"What ilt-audit read in {_printable(str(path))}")
+    show(result.inferences, f"What ilt-audit read in {printable(str(path))}")
     parts = [str(result.card)]
     if result.manifest is not None:
         parts.append(f"its manifest {result.manifest}")

@@ -46,6 +46,9 @@ _TASK_NAME = re.compile(r"^[a-z0-9_-]+$")
 # The most pixels (or values) an image, a map or the card's [input] size may claim: Pillow's own
 # default (0.25 GiB of RGBA). Checked against a file's header before the decoder allocates.
 MAX_PIXELS = 89_478_485
+# A mask is an 8- or 16-bit PNG: a label_map has at most this many entries, and a class count
+# (of any task) is at most this.
+MAX_STORED = 65_536
 # A path that leaves the folder it is relative to by its text alone: absolute (POSIX, a Windows
 # drive or a backslash root) or with a ".." component. One pattern for the card's ``table``
 # (``re``) and for a manifest's path columns (pyarrow's RE2, vectorised).
@@ -404,9 +407,15 @@ def _parse_task(path: Path, name: str, spec: Any) -> TaskSpec:
             )
         if isinstance(classes, list) and len(classes) >= 2:
             classes = tuple(str(c) for c in classes)  # a segmentation's names: class 0, 1, …
-        elif isinstance(classes, bool) or not (isinstance(classes, int) and classes >= 2):
+            twice = next((n for i, n in enumerate(classes) if n in classes[:i]), None)
+            if twice is not None:  # a label would be two classes at once
+                raise CardError(f"{where}: classes: {twice!r} is listed twice")
+        elif isinstance(classes, bool) or not (
+            isinstance(classes, int) and 2 <= classes <= MAX_STORED
+        ):
             raise CardError(
-                f"{where}: classes must be a count (>= 2) or a list of names, got {classes!r}"
+                f"{where}: classes must be a count (2 to {MAX_STORED:,}) or a list of names, "
+                f"got {classes!r}"
             )
 
     ignore_index = spec.get("ignore_index")
@@ -452,7 +461,6 @@ _ENCODING_KEYS = {
     "offset": "dense-regression",
     "invalid": "dense-regression",
 }
-MAX_STORED = 65_536  # a mask is an 8- or 16-bit PNG: a label_map has at most this many entries
 
 
 def _parse_label_map(where: str, task: TaskSpec, label_map: Any) -> tuple[int, ...]:

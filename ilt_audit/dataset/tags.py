@@ -103,12 +103,19 @@ def read_tags(column: pd.Series, separator: str) -> TagColumn:
         if not pc.all(whole).as_py():
             row = int(np.flatnonzero(~whole.to_numpy(zero_copy_only=False))[0])
             raise TagCellError(row, "a tag is a name or an integer, not a fraction")
+        huge = pc.greater(pc.abs(array), _INT64_EXACT).fill_null(False)  # 1e300, infinity
+        if pc.any(huge).as_py():
+            row = int(np.flatnonzero(huge.to_numpy(zero_copy_only=False))[0])
+            raise TagCellError(row, "a tag is a name or an integer, not a number this large")
         return _read_text(pc.cast(pc.cast(array, pa.int64()), pa.string()), separator, True)
     if pa.types.is_integer(array.type):
         return _read_text(pc.cast(array, pa.string()), separator, True)
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         return _read_text(pc.cast(array, pa.string()), separator, False)
     raise _first_misfit(column)
+
+
+_INT64_EXACT = 2.0**53  # a float integer tag beyond this is not one a table meant
 
 
 def _empty_lists(n: int) -> pa.ListArray:

@@ -333,7 +333,7 @@ def _category_list(draft: Draft, file: Path, entries: list[Any]) -> dict[int, st
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
             raise _fail(draft, file, f"category id {cid}", "name", "expected a name", name)
-        categories[cid] = name
+        categories[cid] = name.strip()  # a tag of the categories column is read trimmed
     if not categories:
         raise draft.fail(f"{file}: the 'categories' list is empty")
     return categories
