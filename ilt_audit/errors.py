@@ -1,4 +1,5 @@
-"""The named exceptions of ilt-audit; the CLI turns each into ``Error: …`` and exit code 2."""
+"""The named exceptions of ilt-audit; the CLI turns each into ``Error: …`` and exit code 2
+(:class:`Preempted`: 75)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,8 @@ class TrainingDiverged(IltAuditError):
 class OutputError(IltAuditError):
     """An output file cannot be written: its folder is missing or not writable, or the disk is
     full."""
+
+
+class Preempted(IltAuditError):
+    """Training stopped on SIGTERM (a scheduler's preemption) at a batch boundary; the epochs
+    finished before it are kept and ``--resume`` continues (exit 75, "try again later")."""

@@ -3,7 +3,8 @@
 One run directory whatever the world size: N·K trajectory rows per epoch with every id once per
 task, the whole (N, K) table in the checkpoint, the planted errors on top as in a 1-process run,
 the same trajectories for the same seed, a resume in 1 process, and a bad card stopping both
-ranks with exit 2.
+ranks with exit 2; under `torchrun --max-restarts`, a process that died (SIGKILL) is restarted
+with the others and the job resumes by itself, to the trajectories of a run never interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,15 +28,22 @@ from ilt_audit.run.directory import read_config, read_metrics
 from ilt_audit.training.loop import train
 
 N, EPOCHS = 60, 20
+HELPER = Path(__file__).with_name("helpers_faults.py")
 TRAIN_OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "1e-2", "--device", "cpu"]
 
 
-def torchrun(*args: object, processes: int = 2) -> subprocess.CompletedProcess[str]:
+def torchrun(
+    *args: object, processes: int = 2, restarts: int = 0, fault: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun … -m ilt_audit ARGS``; with ``fault``, through tests/helpers_faults.py."""
+    entry = ["-m", "ilt_audit"] if fault is None else [str(HELPER)]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={processes}", "-m", "ilt_audit", *map(str, args),
+        f"--nproc-per-node={processes}", f"--max-restarts={restarts}", *entry, *map(str, args),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    if fault is not None:
+        env["ILT_AUDIT_TEST_FAULT"] = fault
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -96,6 +105,26 @@ def test_planted_errors_rank_on_top_as_in_one_process(runs):
 def test_same_seed_same_world_size_same_trajectories(runs):
     root, _ = runs
     a, b = _trajectories(root / "two"), _trajectories(root / "again")
+    assert np.array_equal(a.log_sigma2.to_numpy(), b.log_sigma2.to_numpy())
+    assert np.array_equal(a.loss.to_numpy(), b.loss.to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("epoch", "said"),
+    [(2, "torchrun restart 1: resuming"), (1, "no epoch of .* had finished; starting it over")],
+)
+def test_a_torchrun_restart_resumes_by_itself_to_the_same_trajectories(runs, tmp_path, epoch, said):
+    root, card = runs
+    run = tmp_path / "restarted"
+    # rank 1 kills itself (SIGKILL) before batch 3 of the epoch; torchrun restarts both processes
+    done = torchrun(
+        "train", card, "--out", run, *TRAIN_OPTIONS, restarts=1, fault=f"sigkill:1:{epoch}:3"
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(said, done.stderr), done.stderr
+    assert re.search(r"exitcode\s*:\s*-9|\(exitcode: -9\)", done.stderr), done.stderr  # it died
+    assert [row["epoch"] for row in read_metrics(run)] == list(range(1, EPOCHS + 1))
+    a, b = _trajectories(root / "two"), _trajectories(run)
     assert np.array_equal(a.log_sigma2.to_numpy(), b.log_sigma2.to_numpy())
     assert np.array_equal(a.loss.to_numpy(), b.loss.to_numpy())
 

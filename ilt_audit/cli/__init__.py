@@ -11,7 +11,9 @@ builds the ``app`` and registers the commands, in the order ``--help`` lists the
 Exit codes (SPEC section 8), decided in one place (:class:`_Guarded`): 0 success; 1 only a gate
 over its limit; 2 bad input, usage, an unfinished run, a held lock or an I/O error, as one
 ``Error: …`` line on stderr (the library's :class:`ilt_audit.errors.IltAuditError`); 3 an
-internal error, a bug, with its traceback and a line saying so; 130 interrupted. Heavy modules
+internal error, a bug, with its traceback and a line saying so; 75 preempted (``train`` stopped by
+SIGTERM, :class:`ilt_audit.errors.Preempted`: sysexits.h's EX_TEMPFAIL, "try again later", on which
+a job script requeues); 130 interrupted. Heavy modules
 (torch, pandas) are imported inside the commands so that ``--help`` stays fast.
 """
 
@@ -27,10 +29,11 @@ from typer.core import TyperGroup
 
 from ilt_audit import __version__
 from ilt_audit.cli import audit, dataset, review, train
-from ilt_audit.cli.common import fail
-from ilt_audit.errors import IltAuditError
+from ilt_audit.cli.common import fail, markup_safe
+from ilt_audit.errors import IltAuditError, Preempted
 
 BUG = 3  # the exit code of an internal error
+PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM, finished epochs kept; requeue
 INTERRUPTED = 130
 
 
@@ -42,6 +45,13 @@ class _Guarded(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer's own ways out: an exit code, a usage error (2)
+        except Preempted as exc:
+            from ilt_audit.internal.console import err_console
+
+            err_console.print(
+                f"[bold yellow]Stopped:[/] {markup_safe(str(exc))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(PREEMPTED) from None
         except IltAuditError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:

@@ -9,6 +9,11 @@ each epoch's batches, with the network wrapped in DistributedDataParallel; at th
 ranks add up their ``(N, K)`` losses, so that each applies the same ILT update to the whole table,
 and rank 0 alone writes the run directory.
 
+Faults: SIGTERM (a scheduler's preemption) stops every rank at the same batch boundary with
+:class:`~ilt_audit.errors.Preempted` (:mod:`ilt_audit.internal.preemption`), the lock released and
+every finished epoch kept; a process that ``torchrun --max-restarts`` restarted resumes its own
+run by itself (:func:`_after_restart`).
+
 Example:
     >>> from ilt_audit import TrainConfig, train
     >>> result = train("sample_manifests/penguins/card.toml", out="runs/penguins",
@@ -40,22 +45,32 @@ from ilt_audit.dataset.card import Card, TaskSpec
 from ilt_audit.dataset.files import Normalisation
 from ilt_audit.dataset.loader import Dataset, EpochBatches, make_loader, to_device
 from ilt_audit.dataset.opening import Source, open_dataset
-from ilt_audit.dataset.record import write_files
-from ilt_audit.errors import CardError, OptionError, OutputError, RunDirError, TrainingDiverged
-from ilt_audit.internal import distributed
-from ilt_audit.internal.console import progress
+from ilt_audit.dataset.record import INPUTS, write_files
+from ilt_audit.errors import (
+    CardError,
+    OptionError,
+    OutputError,
+    Preempted,
+    RunDirError,
+    TrainingDiverged,
+)
+from ilt_audit.internal import distributed, preemption
+from ilt_audit.internal.console import err_console, progress
 from ilt_audit.internal.distributed import Place
 from ilt_audit.internal.files import staged
 from ilt_audit.internal.lock import LOCK_FILE, run_lock
+from ilt_audit.internal.preemption import Stop
 from ilt_audit.run import evidence
 from ilt_audit.run.directory import (
     CHECKPOINT,
+    CONFIG,
+    METRICS,
     read_config,
     read_metrics,
     write_config,
     write_metrics,
 )
-from ilt_audit.run.trajectories import TrajectoryWriter, epoch_files
+from ilt_audit.run.trajectories import TrajectoryWriter, epoch_files, trajectories_dir
 from ilt_audit.training.ilt_params import InstanceParams, storage_device
 from ilt_audit.training.losses import instance_losses, likelihood_scale
 from ilt_audit.training.metrics import task_metrics
@@ -379,6 +394,7 @@ def _config_json(
         "options": asdict(config),
         "device": str(device),
         "world_size": place.world,
+        "torchrun_run_id": place.job,  # a restarted process resumes only its own job's run
         "tasks": [{"name": t.name, "type": t.type} for t in card.tasks],
         "class_names": {k: list(v) for k, v in data.manifest.class_names.items()},
         "instances": {"train": len(data.train_index), "val": len(data.val_index)},
@@ -402,6 +418,42 @@ def _prepare_out(out: Path, resume: bool) -> None:
             f"{out}: the run directory exists and is not empty; pass --resume to continue it "
             "or choose another --out"
         )
+
+
+def _after_restart(out: Path, card: Card, place: Place) -> bool:
+    """Whether a process that torchrun restarted resumes the run in ``out`` (rank 0, locked).
+
+    Only its own run: one that this torchrun job (``TORCHELASTIC_RUN_ID``) started on this card.
+    With a checkpoint it resumes; with none (no epoch finished before the restart) the files of
+    the start are removed and the run starts over. Anything else is left to the usual checks (a
+    new directory, or one that is not empty and needs ``--resume``).
+    """
+    try:
+        saved = read_config(out)
+    except RunDirError:
+        return False
+    if saved.get("torchrun_run_id") != place.job or saved["card"]["sha256"] != card.sha256():
+        return False
+    if (out / CHECKPOINT).is_file():
+        return True
+    _clear_unstarted(out)
+    err_console.print(
+        f"torchrun restart {place.restarts}: no epoch of {out} had finished; starting it over",
+        highlight=False,
+        markup=False,
+    )
+    return False
+
+
+def _clear_unstarted(out: Path) -> None:
+    """Remove the files a run writes before its first epoch finishes (rank 0, locked)."""
+    for paths in epoch_files(out).values():
+        for path in paths:
+            path.unlink()
+    for name in (METRICS, INPUTS, CONFIG):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: a file someone else put there stays
+        trajectories_dir(out).rmdir()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -436,6 +488,11 @@ def train(
     ``accept_changed_files=True`` resumes with changed files all the same and says how many
     changed through ``on_warning`` (default: :func:`warnings.warn`).
     ``rescan=True`` decodes every file again even when an identical validation pass is cached.
+
+    SIGTERM stops the run at the next batch boundary with :class:`Preempted`: the epochs finished
+    before it are kept and the lock is released (a run with no finished epoch leaves nothing).
+    Under ``torchrun --max-restarts``, a restarted process resumes its job's run without
+    ``resume=True`` and says so on stderr.
     """
     out = Path(out)
     place = distributed.from_env()
@@ -444,21 +501,29 @@ def train(
         distributed.start(place, resolve_device((config or TrainConfig()).device, place))
     try:
         with contextlib.ExitStack() as held:
+            stop = held.enter_context(preemption.watch(place))
+            asked = resume
             with _agreed(place, "opening the run directory"):
                 if place.main:  # the one writer: the lock is rank 0's
                     held.enter_context(run_lock(out))
+                    if place.restarts and not resume:
+                        resume = _after_restart(out, source.card, place)
                     _prepare_out(out, resume)
-            return _train(
-                source,
-                out,
-                config,
-                place=place,
-                resume=resume,
-                rescan=rescan,
-                accept_changed_files=accept_changed_files,
-                on_epoch=on_epoch,
-                on_warning=on_warning or (lambda note: warnings.warn(note, stacklevel=4)),
-            )
+            resume = distributed.from_main(resume, place)
+            with distributed.watching(place, "training"):
+                return _train(
+                    source,
+                    out,
+                    config,
+                    place=place,
+                    resume=resume,
+                    restarted=resume and not asked,
+                    stop=stop,
+                    rescan=rescan,
+                    accept_changed_files=accept_changed_files,
+                    on_epoch=on_epoch,
+                    on_warning=on_warning or (lambda note: warnings.warn(note, stacklevel=4)),
+                )
     finally:
         distributed.stop()
 
@@ -483,6 +548,8 @@ def _train(
     *,
     place: Place,
     resume: bool,
+    restarted: bool,
+    stop: Stop,
     rescan: bool,
     accept_changed_files: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
@@ -491,6 +558,7 @@ def _train(
     """:func:`train`, with the run directory locked by rank 0 and checked.
 
     Every rank reads the card, the manifest and (to resume) the checkpoint; rank 0 alone writes.
+    ``restarted``: resuming without being asked, in a process torchrun restarted.
     """
     state: dict[str, Any] | None = None
     saved_norm: Normalisation | None = None
@@ -529,6 +597,13 @@ def _train(
     if state is not None:
         run.load_state_dict(state)
         start_epoch = int(state["epoch"]) + 1
+        if restarted and place.main:
+            err_console.print(
+                f"torchrun restart {place.restarts}: resuming {out} after epoch "
+                f"{start_epoch - 1}, its last finished epoch",
+                highlight=False,
+                markup=False,
+            )
         if place.main:
             metrics = [m for m in read_metrics(out) if m["epoch"] < start_epoch]
             for epoch, paths in epoch_files(out).items():  # epochs past the checkpoint: redone
@@ -544,7 +619,12 @@ def _train(
         train_ids = pa.array(data.ids, pa.string()).take(pa.array(data.train_index))
         writer = TrajectoryWriter(out, train_ids, [t.name for t in run.tasks])
     for epoch in range(start_epoch, config.epochs + 1):
-        row, last_loss, last_evidence = _train_epoch(run, epoch, config.epochs)
+        try:
+            row, last_loss, last_evidence = _train_epoch(run, epoch, config.epochs, stop)
+        except _Stopped as stopped:
+            if epoch == 1 and place.main:  # nothing finished: leave nothing behind
+                _clear_unstarted(out)
+            raise _preempted(source.card, out, epoch, stopped.step) from None
         if writer is not None:
             _write_epoch(
                 out, run, writer, epoch, row, (last_loss, last_evidence), metrics, config_json
@@ -567,11 +647,33 @@ def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> None:
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
 
 
+class _Stopped(Exception):
+    """SIGTERM came: the epoch stops before batch ``step`` (on every rank)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+
+def _preempted(card: Card, out: Path, epoch: int, step: int) -> Preempted:
+    """The error of a run stopped by SIGTERM before batch ``step`` of ``epoch``."""
+    command = f"ilt-audit train {shlex.quote(str(card.path))} --out {shlex.quote(str(out))}"
+    stopped = f"stopped by SIGTERM in epoch {epoch} before batch {step}"
+    if epoch == 1:
+        return Preempted(
+            f"{stopped}; no epoch had finished, so nothing is kept. Start it again with `{command}`"
+        )
+    return Preempted(
+        f"{stopped}; the {epoch - 1} finished epoch(s) are kept in {out}. Continue with "
+        f"`{command} --resume` (under torchrun: the same torchrun command with --resume)"
+    )
+
+
 def _train_epoch(
-    run: _Run, epoch: int, epochs: int
+    run: _Run, epoch: int, epochs: int, stop: Stop
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """One pass over the training rows; returns the metrics row, each instance's last loss (N, K)
-    and its evidence (N, S) (:mod:`ilt_audit.run.evidence`), both from the training forward pass."""
+    and its evidence (N, S) (:mod:`ilt_audit.run.evidence`), both from the training forward pass.
+    Raises :class:`_Stopped` at a batch boundary once the ranks agree that SIGTERM came."""
     data, tasks = run.data, run.tasks
     n, k = len(data.train_index), len(tasks)
     run.model.train()
@@ -588,6 +690,8 @@ def _train_epoch(
     with progress(show=run.place.main) as bar:
         job = bar.add_task(f"Epoch {epoch}/{epochs}", total=len(run.batches), info="")
         for step, batch in enumerate(loader, start=1):
+            if stop.now(step):
+                raise _Stopped(step)
             _raise_file_error(batch, kept)
             positions = batch["index"]  # (B,) rows of the ILT table
             x, targets = to_device(batch, tasks, run.device)
