@@ -192,10 +192,10 @@ def test_interrupted_train_exits_130_and_keeps_finished_epochs(
 ):
     real_epoch = training._train_epoch
 
-    def epoch(run, number, epochs):
+    def epoch(run, number, *rest):
         if number == 2:
             raise KeyboardInterrupt
-        return real_epoch(run, number, epochs)
+        return real_epoch(run, number, *rest)
 
     monkeypatch.setattr(training, "_train_epoch", epoch)
     run = tmp_path / "run"
