@@ -9,8 +9,12 @@ against the planted errors as it measures ILT's scores.
 - :func:`cleanlab_scores`: cleanlab's ``get_label_quality_scores`` on the out-of-fold predicted
   probabilities of the networks trained on the given (possibly wrong) labels, stratified by
   label as cleanlab's own cross-validation is; the score is ``1 - quality``. Classification
-  only. cleanlab and scikit-learn are the optional ``bench`` extra
-  (``pip install "ilt-audit[bench]"``); without them it raises :class:`OptionError`.
+  (``cleanlab.rank``, softmax probabilities) and multi-label tasks
+  (``cleanlab.multilabel_classification``, a sigmoid per tag; the folds stratified by tag set,
+  each distinct set a stratum, as cleanlab's ``get_cross_validated_multilabel_pred_probs``
+  does: cleanlab offers no iterative stratification). cleanlab and scikit-learn are the
+  optional ``bench`` extra (``pip install "ilt-audit[bench]"``); without them it raises
+  :class:`OptionError`.
 - The ceiling: :func:`ceiling_folds` trains the networks on the *clean* labels of the other
   folds, :func:`ceiling_scores` scores each given label of a corrupted copy by its
   :func:`disagreement` with the network that never saw its instance. The most any method could
@@ -28,10 +32,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +46,10 @@ import pandas as pd
 import torch
 
 from ilt_audit.dataset import load_dataset, open_dataset
-from ilt_audit.dataset.card import Card
+from ilt_audit.dataset.card import Card, TaskSpec
 from ilt_audit.dataset.derived import check_out, write_split_card
 from ilt_audit.dataset.loader import Dataset, make_loader, to_device
+from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import OptionError, TrainingDiverged
 from ilt_audit.training.loop import TrainConfig, load_model, predict, saved_normalisation, train
 from ilt_audit.training.losses import INSTANCE_LOSS
@@ -61,6 +68,32 @@ class Fold:
     trained: bool  # trained by this call (False: a finished fold found in the folder)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cleanlab:
+    """How cleanlab scores a task type: its module, the given labels, the probabilities."""
+
+    module: str  # the cleanlab module whose get_label_quality_scores it calls
+    labels: Callable[[Manifest, TaskSpec], tuple[Any, np.ndarray]]  # (cleanlab's, (N,) strata)
+    probabilities: Callable[[torch.Tensor], torch.Tensor]  # (R, C) logits -> (R, C)
+
+
+def _class_labels(manifest: Manifest, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    labels = manifest.class_index(spec)  # (N,) class indices
+    return labels, labels
+
+
+def _tag_labels(manifest: Manifest, spec: TaskSpec) -> tuple[list[list[int]], np.ndarray]:
+    tags = manifest.tag_matrix(spec)  # (N, C) multi-hot
+    _, strata = np.unique(tags, axis=0, return_inverse=True)  # (N,) which tag set
+    return [np.flatnonzero(row).tolist() for row in tags], strata.reshape(-1)
+
+
+CLEANLAB = {  # the task types cleanlab scores; probabilities as each head's loss reads them
+    "classification": _Cleanlab("cleanlab.rank", _class_labels, lambda z: torch.softmax(z, 1)),
+    "multi-label": _Cleanlab("cleanlab.multilabel_classification", _tag_labels, torch.sigmoid),
+}
+
+
 def cleanlab_scores(
     card: Card | str | Path,
     task: str,
@@ -70,29 +103,41 @@ def cleanlab_scores(
     seed: int = 0,
     config: TrainConfig | None = None,
 ) -> pd.DataFrame:
-    """cleanlab's label quality of a classification task, on k-fold cross-validated predicted
-    probabilities of the library's network: ``id, task, score``, ``score = 1 - quality``.
+    """cleanlab's label quality of a classification or multi-label task, on k-fold
+    cross-validated predicted probabilities of the library's network: ``id, task, score``,
+    ``score = 1 - quality``.
 
-    The rows are cut in ``folds`` folds, stratified by the given label and shuffled with
-    ``seed``; for each, a network trains with ``config`` (default options when None) and
-    ``weighting="equal"``, seed ``seed``, on the other folds and predicts the fold's
-    probabilities. ``out`` must be new or empty: it receives each fold's card
+    The rows are cut in ``folds`` folds, stratified by the given label (a multi-label task: by
+    its tag set) and shuffled with ``seed``; for each, a network trains with ``config`` (default
+    options when None) and ``weighting="equal"``, seed ``seed``, on the other folds and predicts
+    the fold's probabilities (softmax of a classification head, a sigmoid per tag of a
+    multi-label one). ``out`` must be new or empty: it receives each fold's card
     (``cards/fold-K.toml``, :func:`~ilt_audit.dataset.derived.write_split_card`) and run
     (``fold-K``). A fold whose training diverges raises :class:`TrainingDiverged` naming it.
+
+    Example:
+        >>> table = cleanlab_scores("noisy/card.toml", "tags", "runs/cleanlab")  # doctest: +SKIP
+        >>> table.nlargest(5, "score").id.tolist()  # doctest: +SKIP
     """
-    get_label_quality_scores, stratified_k_fold = _cleanlab()
     manifest = open_dataset(card).manifest
     spec = manifest.card.task(task)
-    if spec.type != "classification":
-        raise OptionError(f"cleanlab scores classification labels; task {task!r} is {spec.type}")
+    if spec.type not in CLEANLAB:
+        raise OptionError(
+            f"cleanlab scores {' and '.join(CLEANLAB)} labels; task {task!r} is {spec.type}"
+        )
+    kind = CLEANLAB[spec.type]
+    get_label_quality_scores, stratified_k_fold = _cleanlab(kind.module)
     out = Path(out)
     check_out(out)
-    labels = manifest.class_index(spec)  # (N,) the given labels
-    n, k = len(labels), len(manifest.class_names[task])
+    labels, strata = kind.labels(manifest, spec)  # the given labels, as cleanlab takes them
+    n, k = len(manifest.ids), len(manifest.class_names[task])
     pred_probs = np.full((n, k), np.nan)  # (N, C)
     config = _equal(config, seed)
     splits = stratified_k_fold(n_splits=folds, shuffle=True, random_state=seed)
-    for fold, (_, held_out) in enumerate(splits.split(np.zeros(n), labels), start=1):
+    with warnings.catch_warnings():  # a rare label (a tag set of one instance) is in one fold
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        cut = list(splits.split(np.zeros(n), strata))
+    for fold, (_, held_out) in enumerate(cut, start=1):
         is_val = np.zeros(n, dtype=bool)
         is_val[held_out] = True
         fold_card = write_split_card(manifest, out / "cards" / f"fold-{fold}.toml", is_val)
@@ -100,7 +145,7 @@ def cleanlab_scores(
         _train_fold(fold, fold_card, run_dir, config)
         data = load_dataset(fold_card)
         logits = predict(run_dir, data, torch.from_numpy(data.val_index))[task]  # (R, C)
-        pred_probs[data.val_index] = torch.softmax(logits, dim=1).numpy()
+        pred_probs[data.val_index] = kind.probabilities(logits).numpy()
     quality = np.asarray(get_label_quality_scores(labels, pred_probs), dtype=np.float64)
     return _table(manifest.ids, task, 1.0 - quality)
 
@@ -200,17 +245,18 @@ def disagreement(run_dir: str | Path, data: Dataset, task: str, rows: np.ndarray
     return torch.cat(parts).numpy().astype(np.float64)
 
 
-def _cleanlab() -> tuple[Any, Any]:
-    """cleanlab's scorer and scikit-learn's stratified folds, imported when needed."""
+def _cleanlab(module: str) -> tuple[Any, Any]:
+    """cleanlab's scorer of ``module`` and scikit-learn's stratified folds, imported when
+    needed."""
     try:
-        from cleanlab.rank import get_label_quality_scores
+        scorer = importlib.import_module(module).get_label_quality_scores
         from sklearn.model_selection import StratifiedKFold
     except ImportError as exc:
         raise OptionError(
             f"the cleanlab baseline needs cleanlab and scikit-learn, and {exc.name or 'one'} is "
             'not installed: pip install "ilt-audit[bench]"'
         ) from None
-    return get_label_quality_scores, StratifiedKFold
+    return scorer, StratifiedKFold
 
 
 def _equal(config: TrainConfig | None, seed: int) -> TrainConfig:
