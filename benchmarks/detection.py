@@ -1441,11 +1441,11 @@ def _multilabel_section(detection: list[dict[str, Any]]) -> list[str]:
         "",
         f"Target: precision at k (k = the number planted; the paper's detection accuracy) "
         f"≥ {TAGS_TARGET:.0%} at {TAGS_FRACTION:.0%} corrupted, mean over seeds, with one "
-        f"default training run (`--by {DEFAULT_BY}`). cleanlab: "
+        f"ILT training run (`--by {DEFAULT_BY}`). cleanlab: "
         "`cleanlab.multilabel_classification.get_label_quality_scores` (its defaults) on "
-        f"{FOLDS}-fold out-of-fold probabilities (a sigmoid per tag) of the same network "
-        "trained with `--weighting equal`, the folds stratified by tag set; the score is "
-        "1 − quality. Mean ± std over seeds.",
+        f"out-of-fold probabilities (a sigmoid per tag) of the same network trained with "
+        f"`--weighting equal` in {FOLDS} shuffled folds (cleanlab offers no stratification for "
+        "tag sets); the score is 1 − quality. Mean ± std over seeds.",
         "",
         _table(
             [

@@ -7,14 +7,13 @@ in the manifest's row order. :func:`ilt_audit.audit.evaluation.detection_metrics
 against the planted errors as it measures ILT's scores.
 
 - :func:`cleanlab_scores`: cleanlab's ``get_label_quality_scores`` on the out-of-fold predicted
-  probabilities of the networks trained on the given (possibly wrong) labels, stratified by
-  label as cleanlab's own cross-validation is; the score is ``1 - quality``. Classification
-  (``cleanlab.rank``, softmax probabilities) and multi-label tasks
-  (``cleanlab.multilabel_classification``, a sigmoid per tag; the folds stratified by tag set,
-  each distinct set a stratum, as cleanlab's ``get_cross_validated_multilabel_pred_probs``
-  does: cleanlab offers no iterative stratification). cleanlab and scikit-learn are the
-  optional ``bench`` extra (``pip install "ilt-audit[bench]"``); without them it raises
-  :class:`OptionError`.
+  probabilities of the networks trained on the given (possibly wrong) labels; the score is
+  ``1 - quality``. Classification tasks (``cleanlab.rank``, softmax probabilities, the folds
+  stratified by label as cleanlab's own cross-validation is) and multi-label tasks
+  (``cleanlab.multilabel_classification``, a sigmoid per tag, plain shuffled folds: cleanlab
+  offers no iterative stratification, and stratifying by tag set fails where most sets are
+  unique). cleanlab and scikit-learn are the optional ``bench`` extra
+  (``pip install "ilt-audit[bench]"``); without them it raises :class:`OptionError`.
 - The ceiling: :func:`ceiling_folds` trains the networks on the *clean* labels of the other
   folds, :func:`ceiling_scores` scores each given label of a corrupted copy by its
   :func:`disagreement` with the network that never saw its instance. The most any method could
@@ -36,7 +35,6 @@ import importlib
 import json
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,24 +71,23 @@ class _Cleanlab:
     """How cleanlab scores a task type: its module, the given labels, the probabilities."""
 
     module: str  # the cleanlab module whose get_label_quality_scores it calls
-    labels: Callable[[Manifest, TaskSpec], tuple[Any, np.ndarray]]  # (cleanlab's, (N,) strata)
+    labels: Callable[[Manifest, TaskSpec], Any]  # the given labels, as cleanlab takes them
     probabilities: Callable[[torch.Tensor], torch.Tensor]  # (R, C) logits -> (R, C)
+    stratified: bool  # folds stratified by label (scikit-learn's StratifiedKFold), else KFold
 
 
-def _class_labels(manifest: Manifest, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
-    labels = manifest.class_index(spec)  # (N,) class indices
-    return labels, labels
-
-
-def _tag_labels(manifest: Manifest, spec: TaskSpec) -> tuple[list[list[int]], np.ndarray]:
-    tags = manifest.tag_matrix(spec)  # (N, C) multi-hot
-    _, strata = np.unique(tags, axis=0, return_inverse=True)  # (N,) which tag set
-    return [np.flatnonzero(row).tolist() for row in tags], strata.reshape(-1)
+def _tag_lists(manifest: Manifest, spec: TaskSpec) -> list[list[int]]:
+    """A multi-label task's tag sets as lists of tag indices."""
+    return [np.flatnonzero(row).tolist() for row in manifest.tag_matrix(spec)]
 
 
 CLEANLAB = {  # the task types cleanlab scores; probabilities as each head's loss reads them
-    "classification": _Cleanlab("cleanlab.rank", _class_labels, lambda z: torch.softmax(z, 1)),
-    "multi-label": _Cleanlab("cleanlab.multilabel_classification", _tag_labels, torch.sigmoid),
+    "classification": _Cleanlab(
+        "cleanlab.rank", Manifest.class_index, lambda z: torch.softmax(z, 1), stratified=True
+    ),
+    "multi-label": _Cleanlab(
+        "cleanlab.multilabel_classification", _tag_lists, torch.sigmoid, stratified=False
+    ),
 }
 
 
@@ -107,8 +104,8 @@ def cleanlab_scores(
     cross-validated predicted probabilities of the library's network: ``id, task, score``,
     ``score = 1 - quality``.
 
-    The rows are cut in ``folds`` folds, stratified by the given label (a multi-label task: by
-    its tag set) and shuffled with ``seed``; for each, a network trains with ``config`` (default
+    The rows are shuffled with ``seed`` and cut in ``folds`` folds (stratified by the given
+    label for a classification task); for each, a network trains with ``config`` (default
     options when None) and ``weighting="equal"``, seed ``seed``, on the other folds and predicts
     the fold's probabilities (softmax of a classification head, a sigmoid per tag of a
     multi-label one). ``out`` must be new or empty: it receives each fold's card
@@ -126,18 +123,16 @@ def cleanlab_scores(
             f"cleanlab scores {' and '.join(CLEANLAB)} labels; task {task!r} is {spec.type}"
         )
     kind = CLEANLAB[spec.type]
-    get_label_quality_scores, stratified_k_fold = _cleanlab(kind.module)
+    get_label_quality_scores, k_fold = _cleanlab(kind.module, kind.stratified)
     out = Path(out)
     check_out(out)
-    labels, strata = kind.labels(manifest, spec)  # the given labels, as cleanlab takes them
+    labels = kind.labels(manifest, spec)  # (N,) class indices | N lists of tag indices
     n, k = len(manifest.ids), len(manifest.class_names[task])
     pred_probs = np.full((n, k), np.nan)  # (N, C)
     config = _equal(config, seed)
-    splits = stratified_k_fold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # a rare label (a tag set of one instance) is in one fold
-        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
-        cut = list(splits.split(np.zeros(n), strata))
-    for fold, (_, held_out) in enumerate(cut, start=1):
+    splits = k_fold(n_splits=folds, shuffle=True, random_state=seed)
+    strata = labels if kind.stratified else None
+    for fold, (_, held_out) in enumerate(splits.split(np.zeros(n), strata), start=1):
         is_val = np.zeros(n, dtype=bool)
         is_val[held_out] = True
         fold_card = write_split_card(manifest, out / "cards" / f"fold-{fold}.toml", is_val)
@@ -245,18 +240,18 @@ def disagreement(run_dir: str | Path, data: Dataset, task: str, rows: np.ndarray
     return torch.cat(parts).numpy().astype(np.float64)
 
 
-def _cleanlab(module: str) -> tuple[Any, Any]:
-    """cleanlab's scorer of ``module`` and scikit-learn's stratified folds, imported when
-    needed."""
+def _cleanlab(module: str, stratified: bool) -> tuple[Any, Any]:
+    """cleanlab's scorer of ``module`` and scikit-learn's k-fold splitter (stratified or not),
+    imported when needed."""
     try:
         scorer = importlib.import_module(module).get_label_quality_scores
-        from sklearn.model_selection import StratifiedKFold
+        from sklearn.model_selection import KFold, StratifiedKFold
     except ImportError as exc:
         raise OptionError(
             f"the cleanlab baseline needs cleanlab and scikit-learn, and {exc.name or 'one'} is "
             'not installed: pip install "ilt-audit[bench]"'
         ) from None
-    return scorer, StratifiedKFold
+    return scorer, StratifiedKFold if stratified else KFold
 
 
 def _equal(config: TrainConfig | None, seed: int) -> TrainConfig:
