@@ -1610,8 +1610,9 @@ def _quality_section(quality: list[dict[str, Any]], detection: list[dict[str, An
         f"Each weighting trained with default options on the sample with a fixed {VAL_SHARE:.0%} "
         "held-out clean split, clean and with "
         f"{QUALITY_FRACTION:.0%} of one classification task's training labels corrupted; the last "
-        "epoch's validation metrics (`metrics.jsonl`): accuracy and mIoU (higher is better), mean "
-        "absolute error in the label's units (lower is better). Mean ± std over seeds."
+        "epoch's validation metrics (`metrics.jsonl`): accuracy, micro F1 and mIoU (higher is "
+        "better), mean absolute error in the label's units (lower is better). Mean ± std over "
+        "seeds."
     )
     out.append("")
     for (sample, condition), records in _group(quality, "sample", "condition").items():
@@ -1621,7 +1622,7 @@ def _quality_section(quality: list[dict[str, Any]], detection: list[dict[str, An
             ),
             key=lambda column: order.get((sample, column[0]), len(order)),
         )
-        arrows = {"accuracy": "↑", "miou": "↑", "mae": "↓"}
+        arrows = {"accuracy": "↑", "micro_f1": "↑", "miou": "↑", "mae": "↓"}
         header = [
             "weighting",
             *[f"{t} {n} {arrows.get(n, '')}".strip() for t, n in columns],
