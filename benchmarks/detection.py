@@ -176,6 +176,7 @@ class Sample:
 
 
 def _nothing_missing() -> None:
+    """A generated sample needs nothing this machine may lack."""
     return None
 
 
