@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import FLIPPED, SHIFTED, tiny_config, write_features_dataset
+from helpers_data import make_tags_card
 
 from ilt_audit.audit.baselines import ceiling_folds, ceiling_scores, cleanlab_scores
 from ilt_audit.audit.evaluation import detection_metrics
+from ilt_audit.corruption.planting import corrupt, read_truth
 from ilt_audit.dataset import open_dataset
 from ilt_audit.dataset.derived import SPLIT_COLUMN, write_split_card
 from ilt_audit.errors import OptionError
@@ -75,6 +77,18 @@ def test_cleanlab_scores_planted_labels_above_clean_ones(data, tmp_path: Path) -
         cleanlab_scores(noisy, "target", tmp_path / "other", config=LEARNS)
     with pytest.raises(OptionError, match="not empty"):
         cleanlab_scores(noisy, "label", tmp_path / "cleanlab", config=LEARNS)
+
+
+@pytest.mark.parametrize("mode", ["drop-tag", "add-tag"])
+def test_cleanlab_scores_planted_tags_above_clean_ones(tmp_path: Path, mode: str) -> None:
+    pytest.importorskip("cleanlab")
+    card = make_tags_card(tmp_path / "clean", n=120)
+    noisy = corrupt(card, tasks=["tags"], fraction=0.1, seed=0, out=tmp_path / "noisy", mode=mode)
+    truth = read_truth(noisy.truth_path)
+    table = cleanlab_scores(noisy.card_path, "tags", tmp_path / "cleanlab", folds=3, config=LEARNS)
+    assert list(table.id) == open_dataset(card).manifest.ids and table.score.notna().all()
+    figures = _planted(table, tuple(truth.id[truth.corrupted]))
+    assert figures["auroc"] > 0.85 and figures["detection_accuracy"] >= 0.5
 
 
 def test_cleanlab_says_how_to_install_it_when_it_is_missing(

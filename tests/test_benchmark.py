@@ -192,6 +192,46 @@ def test_benchmark_digits_is_a_features_card_from_scikit_learn(bench, tmp_path: 
     )
 
 
+def test_benchmark_tags_is_a_generated_multi_label_card_beside_cleanlab(
+    bench, tmp_path: Path
+) -> None:
+    workdir, out_md = tmp_path / "work", tmp_path / "bench.md"
+    out_md.write_text("# Mine\n", encoding="utf-8")
+    args = [
+        "--samples", "tags", "--tags-n", "30", "--modes", "drop-tag,add-tag", "--seeds", "1",
+        "--fractions", "0.1", "--epochs", "1", "--no-quality", "--no-uncertainty", "--no-mao",
+        "--threads", "1", "--block", "multilabel", "--workdir", str(workdir),
+        "--out-md", str(out_md),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    shared = sys.modules["_shared"]
+    card = workdir / "samples" / "tags-30" / "card.toml"  # another size: another sample
+    manifest = open_dataset(card).manifest
+    tags = manifest.tag_matrix(manifest.card.task("kinds"))
+    assert manifest.class_names["kinds"] == shared.TAG_KINDS
+    assert tags.shape == (30, 5) and set(tags.sum(axis=1)) == {1, 2, 3}
+    image = Image.open(card.parent / manifest.frame["image"].iloc[0])
+    assert image.size == (32, 32) and image.mode == "RGB"
+    shared.write_tags(tmp_path / "more" / "card.toml", n=40)  # the same images, then 10 more
+    more = open_dataset(tmp_path / "more" / "card.toml").manifest
+    assert np.array_equal(more.tag_matrix(more.card.task("kinds"))[:30], tags)
+
+    records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    methods = {"ilt", "cleanlab"} if bench._cleanlab_available() else {"ilt"}
+    assert {(r["mode"], r["method"]) for r in records} == {
+        (mode, method) for mode in ("drop-tag", "add-tag") for method in methods
+    }
+    assert all(r["status"] == "ok" for r in records)
+    markdown = out_md.read_text(encoding="utf-8")
+    assert markdown.startswith("# Mine\n") and "### Multi-label tasks (issue 22)" in markdown
+    rows = _table_rows(markdown, "issue 22)")
+    assert [row[:4] for row in rows] == [
+        ["tags-30", "kinds", f"`{mode}`", "10%"] for mode in ("drop-tag", "add-tag")
+    ]
+    assert all(row[-1].endswith("(≥ 90%)") for row in rows)
+    assert all((row[6] == "not run") != ("cleanlab" in methods) for row in rows)
+
+
 def test_a_backbone_column_then_a_report_only_block_beside_the_rest(
     bench, tmp_path: Path, make_image_card
 ) -> None:

@@ -7,9 +7,12 @@ in the manifest's row order. :func:`ilt_audit.audit.evaluation.detection_metrics
 against the planted errors as it measures ILT's scores.
 
 - :func:`cleanlab_scores`: cleanlab's ``get_label_quality_scores`` on the out-of-fold predicted
-  probabilities of the networks trained on the given (possibly wrong) labels, stratified by
-  label as cleanlab's own cross-validation is; the score is ``1 - quality``. Classification
-  only. cleanlab and scikit-learn are the optional ``bench`` extra
+  probabilities of the networks trained on the given (possibly wrong) labels; the score is
+  ``1 - quality``. Classification tasks (``cleanlab.rank``, softmax probabilities, the folds
+  stratified by label as cleanlab's own cross-validation is) and multi-label tasks
+  (``cleanlab.multilabel_classification``, a sigmoid per tag, plain shuffled folds: cleanlab
+  offers no iterative stratification, and stratifying by tag set fails where most sets are
+  unique). cleanlab and scikit-learn are the optional ``bench`` extra
   (``pip install "ilt-audit[bench]"``); without them it raises :class:`OptionError`.
 - The ceiling: :func:`ceiling_folds` trains the networks on the *clean* labels of the other
   folds, :func:`ceiling_scores` scores each given label of a corrupted copy by its
@@ -28,10 +31,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +44,10 @@ import pandas as pd
 import torch
 
 from ilt_audit.dataset import load_dataset, open_dataset
-from ilt_audit.dataset.card import Card
+from ilt_audit.dataset.card import Card, TaskSpec
 from ilt_audit.dataset.derived import check_out, write_split_card
 from ilt_audit.dataset.loader import Dataset, make_loader, to_device
+from ilt_audit.dataset.manifest import Manifest
 from ilt_audit.errors import OptionError, TrainingDiverged
 from ilt_audit.training.loop import TrainConfig, load_model, predict, saved_normalisation, train
 from ilt_audit.training.losses import INSTANCE_LOSS
@@ -61,6 +66,31 @@ class Fold:
     trained: bool  # trained by this call (False: a finished fold found in the folder)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cleanlab:
+    """How cleanlab scores a task type: its module, the given labels, the probabilities."""
+
+    module: str  # the cleanlab module whose get_label_quality_scores it calls
+    labels: Callable[[Manifest, TaskSpec], Any]  # the given labels, as cleanlab takes them
+    probabilities: Callable[[torch.Tensor], torch.Tensor]  # (R, C) logits -> (R, C)
+    stratified: bool  # folds stratified by label (scikit-learn's StratifiedKFold), else KFold
+
+
+def _tag_lists(manifest: Manifest, spec: TaskSpec) -> list[list[int]]:
+    """A multi-label task's tag sets as lists of tag indices."""
+    return [np.flatnonzero(row).tolist() for row in manifest.tag_matrix(spec)]
+
+
+CLEANLAB = {  # the task types cleanlab scores; probabilities as each head's loss reads them
+    "classification": _Cleanlab(
+        "cleanlab.rank", Manifest.class_index, lambda z: torch.softmax(z, 1), stratified=True
+    ),
+    "multi-label": _Cleanlab(
+        "cleanlab.multilabel_classification", _tag_lists, torch.sigmoid, stratified=False
+    ),
+}
+
+
 def cleanlab_scores(
     card: Card | str | Path,
     task: str,
@@ -70,29 +100,39 @@ def cleanlab_scores(
     seed: int = 0,
     config: TrainConfig | None = None,
 ) -> pd.DataFrame:
-    """cleanlab's label quality of a classification task, on k-fold cross-validated predicted
-    probabilities of the library's network: ``id, task, score``, ``score = 1 - quality``.
+    """cleanlab's label quality of a classification or multi-label task, on k-fold
+    cross-validated predicted probabilities of the library's network: ``id, task, score``,
+    ``score = 1 - quality``.
 
-    The rows are cut in ``folds`` folds, stratified by the given label and shuffled with
-    ``seed``; for each, a network trains with ``config`` (default options when None) and
-    ``weighting="equal"``, seed ``seed``, on the other folds and predicts the fold's
-    probabilities. ``out`` must be new or empty: it receives each fold's card
+    The rows are shuffled with ``seed`` and cut in ``folds`` folds (stratified by the given
+    label for a classification task); for each, a network trains with ``config`` (default
+    options when None) and ``weighting="equal"``, seed ``seed``, on the other folds and predicts
+    the fold's probabilities (softmax of a classification head, a sigmoid per tag of a
+    multi-label one). ``out`` must be new or empty: it receives each fold's card
     (``cards/fold-K.toml``, :func:`~ilt_audit.dataset.derived.write_split_card`) and run
     (``fold-K``). A fold whose training diverges raises :class:`TrainingDiverged` naming it.
+
+    Example:
+        >>> table = cleanlab_scores("noisy/card.toml", "tags", "runs/cleanlab")  # doctest: +SKIP
+        >>> table.nlargest(5, "score").id.tolist()  # doctest: +SKIP
     """
-    get_label_quality_scores, stratified_k_fold = _cleanlab()
     manifest = open_dataset(card).manifest
     spec = manifest.card.task(task)
-    if spec.type != "classification":
-        raise OptionError(f"cleanlab scores classification labels; task {task!r} is {spec.type}")
+    if spec.type not in CLEANLAB:
+        raise OptionError(
+            f"cleanlab scores {' and '.join(CLEANLAB)} labels; task {task!r} is {spec.type}"
+        )
+    kind = CLEANLAB[spec.type]
+    get_label_quality_scores, k_fold = _cleanlab(kind.module, kind.stratified)
     out = Path(out)
     check_out(out)
-    labels = manifest.class_index(spec)  # (N,) the given labels
-    n, k = len(labels), len(manifest.class_names[task])
+    labels = kind.labels(manifest, spec)  # (N,) class indices | N lists of tag indices
+    n, k = len(manifest.ids), len(manifest.class_names[task])
     pred_probs = np.full((n, k), np.nan)  # (N, C)
     config = _equal(config, seed)
-    splits = stratified_k_fold(n_splits=folds, shuffle=True, random_state=seed)
-    for fold, (_, held_out) in enumerate(splits.split(np.zeros(n), labels), start=1):
+    splits = k_fold(n_splits=folds, shuffle=True, random_state=seed)
+    strata = labels if kind.stratified else None
+    for fold, (_, held_out) in enumerate(splits.split(np.zeros(n), strata), start=1):
         is_val = np.zeros(n, dtype=bool)
         is_val[held_out] = True
         fold_card = write_split_card(manifest, out / "cards" / f"fold-{fold}.toml", is_val)
@@ -100,7 +140,7 @@ def cleanlab_scores(
         _train_fold(fold, fold_card, run_dir, config)
         data = load_dataset(fold_card)
         logits = predict(run_dir, data, torch.from_numpy(data.val_index))[task]  # (R, C)
-        pred_probs[data.val_index] = torch.softmax(logits, dim=1).numpy()
+        pred_probs[data.val_index] = kind.probabilities(logits).numpy()
     quality = np.asarray(get_label_quality_scores(labels, pred_probs), dtype=np.float64)
     return _table(manifest.ids, task, 1.0 - quality)
 
@@ -200,17 +240,18 @@ def disagreement(run_dir: str | Path, data: Dataset, task: str, rows: np.ndarray
     return torch.cat(parts).numpy().astype(np.float64)
 
 
-def _cleanlab() -> tuple[Any, Any]:
-    """cleanlab's scorer and scikit-learn's stratified folds, imported when needed."""
+def _cleanlab(module: str, stratified: bool) -> tuple[Any, Any]:
+    """cleanlab's scorer of ``module`` and scikit-learn's k-fold splitter (stratified or not),
+    imported when needed."""
     try:
-        from cleanlab.rank import get_label_quality_scores
-        from sklearn.model_selection import StratifiedKFold
+        scorer = importlib.import_module(module).get_label_quality_scores
+        from sklearn.model_selection import KFold, StratifiedKFold
     except ImportError as exc:
         raise OptionError(
             f"the cleanlab baseline needs cleanlab and scikit-learn, and {exc.name or 'one'} is "
             'not installed: pip install "ilt-audit[bench]"'
         ) from None
-    return get_label_quality_scores, StratifiedKFold
+    return scorer, StratifiedKFold if stratified else KFold
 
 
 def _equal(config: TrainConfig | None, seed: int) -> TrainConfig:
