@@ -280,6 +280,18 @@ def test_a_saved_folder_counts_every_data_file_in_the_card_hash(tmp_path):
     assert load_card(card).sha256() != sha
 
 
+@pytest.mark.parametrize("damaged", ["state.json", "dataset_info.json"])
+def test_json_nested_too_deeply_is_refused_or_ignored_with_a_clear_message(tmp_path, cli, damaged):
+    folder = write_saved(tmp_path / "data" / "train", hf_table(n=12))
+    (folder / damaged).write_text("[" * 100_000, encoding="utf-8")
+    result = cli("init", folder, "--out", tmp_path / "card.toml")
+    if damaged == "state.json":  # the list of data files: nothing can be read without it
+        _refused(result, str(folder / "state.json"), "nested too deeply")
+        assert "recursion" not in result.err and not (tmp_path / "card.toml").exists()
+    else:  # the features: read as if the folder said none (the columns are inferred)
+        assert result.exit_code == 0, result.stderr
+
+
 def test_a_dataset_dict_folder_names_the_split_to_give(tmp_path, cli):
     root = tmp_path / "data"
     write_saved(root / "train", hf_table(n=12))

@@ -60,6 +60,10 @@ def saved_files(folder: Path) -> list[Path]:
         raise CardError(
             f"{folder}: not a folder written by save_to_disk (no {STATE}){hint}"
         ) from None
+    except RecursionError:
+        raise CardError(
+            f"{state}: not a save_to_disk state file (JSON nested too deeply)"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CardError(f"{state}: not a save_to_disk state file ({exc!r})") from None
     if not names:
@@ -99,13 +103,13 @@ def features(schema: pa.Schema, folder: Path | None = None) -> dict[str, Any]:
     if folder is not None and (folder / INFO).is_file():
         try:
             sources.append(json.loads((folder / INFO).read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # unreadable: as if it said nothing
             pass
     raw = (schema.metadata or {}).get(METADATA_KEY)
     if raw is not None:
         try:
             sources.append(json.loads(raw).get("info", {}))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             pass
     for info in sources:
         found = info.get("features") if isinstance(info, dict) else None
